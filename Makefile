@@ -1,0 +1,71 @@
+# mtl-book: `make book` builds the book, `make test` runs every test. See README.md.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+JB     := $(BIN)/jupyter-book
+PROFILE ?= $(or $(MTL_PROFILE),full)
+
+.PHONY: help venv book book-quick book-student test unit nbval book-check-build check-book assignments \
+        serve bench clean clean-all
+
+help:
+	@echo "make book          build the book (executes every chapter, profile '$(PROFILE)') into _build/html"
+	@echo "make test          unit tests + every chapter under nbval (quick) + warnings-as-errors book build"
+	@echo "make check-book    open every built page in headless Chromium, offline; screenshots in _build/screenshots"
+	@echo "make assignments   write the student notebooks to notebooks/assignments/"
+	@echo "make book-student  build the book with solutions hidden into _build/student/html"
+	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
+	@echo "make bench         run the benchmarks in benchmarks/"
+	@echo "make clean         remove _build (make clean-all also removes .venv and data caches)"
+
+# The virtual environment, created with the Python that runs make; reinstalled when the requirements change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install -r requirements.txt
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+book: $(STAMP)
+	MTL_PROFILE=$(PROFILE) $(JB) build . --builder html
+	@echo "open _build/html/index.html"
+
+book-student: $(STAMP)
+	$(BIN)/python tools/student_config.py _config.yml _build/student_config/_config.yml
+	MTL_PROFILE=$(PROFILE) $(JB) build . --config _build/student_config/_config.yml --path-output _build/student
+	@echo "open _build/student/_build/html/index.html"
+
+test: $(STAMP)
+	MTL_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest
+	MTL_PROFILE=quick $(JB) build . -W -n --keep-going
+
+unit: $(STAMP)
+	MTL_PROFILE=quick $(BIN)/python -m pytest tests
+
+nbval: $(STAMP)
+	MTL_PROFILE=quick $(BIN)/python -m pytest notebooks
+
+check-book: $(STAMP)
+	@test -d _build/html || { echo "no _build/html: run 'make book' (or 'make test') first"; exit 2; }
+	@test -x /usr/bin/chromium || { \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.40"
+	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots
+
+assignments: $(STAMP)
+	$(BIN)/python -m mtlutils.assignments
+
+serve:
+	$(PYTHON) -m http.server --directory _build/html --bind 127.0.0.1 8000
+
+bench: $(STAMP)
+	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+clean:
+	rm -rf _build
+
+clean-all: clean
+	rm -rf $(VENV) data/cache

@@ -1,0 +1,115 @@
+"""Coursework self-checks: each ``check_*`` function runs a student's implementation on fixed random
+inputs, compares it with the package's reference, prints PASS or FAIL with the measured error and the
+tolerance, and returns a :class:`CheckResult` (truthy when passed).
+
+A stub that raises ``NotImplementedError`` fails with "not implemented yet"; any other exception fails
+with its message, so a check never crashes a notebook.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+
+@dataclass
+class CheckResult:
+    """Outcome of a check: ``passed``, the measured ``error`` and the ``tolerance`` it was held to."""
+
+    name: str
+    passed: bool
+    message: str
+    error: float | None = None
+    tolerance: float | None = None
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def __str__(self) -> str:
+        status = "PASS" if self.passed else "FAIL"
+        measured = ""
+        if self.error is not None and self.tolerance is not None:
+            measured = f" (max error {self.error:.3g}, tolerance {self.tolerance:.0e})"
+        return f"{status} {self.name}: {self.message}{measured}"
+
+
+def _report(result: CheckResult, verbose: bool) -> CheckResult:
+    if verbose:
+        print(result)
+    return result
+
+
+def _run(name: str, call: Callable[[], Any]) -> tuple[Any, CheckResult | None]:
+    """Call the student's code; turn an exception into a failed result."""
+    try:
+        return call(), None
+    except NotImplementedError:
+        return None, CheckResult(name, False, "not implemented yet (the stub raises NotImplementedError)")
+    except Exception as exc:  # the student's code may raise anything: report it, don't crash
+        return None, CheckResult(name, False, f"raised {type(exc).__name__}: {exc}")
+
+
+def max_error(got: Any, expected: Any) -> float:
+    """Largest absolute difference between two tensors or two dicts of tensors (inf on shape mismatch)."""
+    if isinstance(expected, Mapping):
+        if not isinstance(got, Mapping) or set(got) != set(expected):
+            return float("inf")
+        return max((max_error(got[k], expected[k]) for k in expected), default=0.0)
+    if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
+        return float("inf")
+    return float((got.double() - expected.double()).abs().max()) if expected.numel() else 0.0
+
+
+def check_close(name: str, got: Any, expected: Any, tol: float, verbose: bool = True) -> CheckResult:
+    """PASS when ``got`` equals ``expected`` within ``tol`` (max absolute error)."""
+    err = max_error(got, expected)
+    if err == float("inf"):
+        shape = (lambda v: {k: tuple(t.shape) for k, t in v.items()} if isinstance(v, Mapping)
+                 else tuple(getattr(v, "shape", ())) if isinstance(v, torch.Tensor) else type(v).__name__)
+        return _report(CheckResult(name, False, f"wrong structure or shape: got {shape(got)}, "
+                                                f"expected {shape(expected)}"), verbose)
+    ok = err <= tol
+    msg = "matches the reference" if ok else "differs from the reference"
+    return _report(CheckResult(name, ok, msg, err, tol), verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chapter 1
+def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, torch.Tensor], Mapping[str, torch.Tensor]],
+                         verbose: bool = True, seed: int = 0) -> CheckResult:
+    """Chapter 1 exercise: the forward pass of a hard-shared network.
+
+    ``shared_forward(trunk, heads, x)`` must return ``{task: heads[task](trunk(x))}`` and run the
+    shared trunk exactly once per batch (computing the shared features once is the point of hard
+    sharing). Compared in float64 with :class:`mtlutils.models.multitask.HardSharedNetwork`.
+    """
+    from .models import create
+    from .tasks import Task
+
+    name = "check_shared_forward"
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    tasks = [Task("left", "class", 10), Task("right", "class", 10), Task("size", "regress", 1)]
+    reference = create("split", tasks, width=0.5).double().eval()
+    x = torch.rand(5, 1, 20, 28, generator=gen, dtype=torch.float64)
+    with torch.no_grad():
+        expected = reference(x)
+    calls = []
+    hook = reference.trunk.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            got, failure = _run(name, lambda: shared_forward(reference.trunk, reference.heads, x))
+    finally:
+        hook.remove()
+    if failure is not None:
+        return _report(failure, verbose)
+    if not isinstance(got, Mapping):
+        return _report(CheckResult(name, False, f"must return a dict {{task: prediction}}, got "
+                                                f"{type(got).__name__}"), verbose)
+    result = check_close(name, dict(got), expected, tol=1e-10, verbose=False)
+    if result.passed and len(calls) != 1:
+        result = CheckResult(name, False, f"the shared trunk ran {len(calls)} times for one batch; hard sharing "
+                                          f"computes the shared features once", result.error, result.tolerance)
+    return _report(result, verbose)

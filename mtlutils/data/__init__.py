@@ -1,0 +1,39 @@
+"""Data sets. Every data set yields dict samples ``{"image": tensor, <task name>: target, ...}``.
+
+The embedded default data is made here (nothing is downloaded): :func:`multidigits` (real handwriting
+from scikit-learn's digits). The dense-prediction chapter adds procedural scenes and the loaders of the
+real data sets.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .multidigits import MultiDigits, multidigits, source_pools
+
+__all__ = ["MultiDigits", "multidigits", "source_pools", "loaders", "data_root"]
+
+
+def data_root() -> Path:
+    """Where data lives: ``$MTL_DATA`` if set, else the repository's ``data/`` folder."""
+    env = os.environ.get("MTL_DATA")
+    if env:
+        return Path(env).expanduser()
+    return Path(__file__).resolve().parents[2] / "data"
+
+
+def loaders(train: Dataset, test: Dataset | None = None, batch_size: int = 64, seed: int = 0,
+            num_workers: int = 0) -> tuple[DataLoader, DataLoader | None]:
+    """A shuffling training loader (own seeded generator) and an ordered test loader."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_size=batch_size, shuffle=True, generator=generator,
+                              num_workers=num_workers, drop_last=False)
+    test_loader = None
+    if test is not None:
+        test_loader = DataLoader(test, batch_size=max(batch_size, 256), shuffle=False, num_workers=num_workers)
+    return train_loader, test_loader
