@@ -51,8 +51,8 @@ check-book: $(STAMP)
 	@test -d _build/html || { echo "no _build/html: run 'make book' (or 'make test') first"; exit 2; }
 	@test -x /usr/bin/chromium || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
-	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.40"
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.48,<2"
 	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots
 
 assignments: $(STAMP)

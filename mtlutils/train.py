@@ -311,11 +311,11 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
         for name, value in losses.items():
             if not torch.isfinite(value):
                 kept = f"; the last good checkpoint is kept at {checkpoint}" if checkpoint else ""
-                raise NonFiniteLossError(f"loss of task {name!r} is {float(value)} at epoch {epoch}, "
+                raise NonFiniteLossError(f"loss of task {name!r} is {float(value.detach())} at epoch {epoch}, "
                                          f"step {step}{kept}")
         total = weighting.combine(losses)
         if not torch.isfinite(total):
-            raise NonFiniteLossError(f"the weighted total loss is {float(total)} at epoch {epoch}, step {step}")
+            raise NonFiniteLossError(f"the weighted total loss is {float(total.detach())} at epoch {epoch}, step {step}")
         opt.zero_grad(set_to_none=True)
         total.backward()
         if grad_clip is not None:

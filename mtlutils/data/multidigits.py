@@ -90,6 +90,7 @@ class MultiDigits(Dataset):
             np.clip(canvas, 0.0, 1.0, out=canvas)
         self.images = torch.from_numpy(canvas).unsqueeze(1)
         self.targets = {"left": torch.from_numpy(labels[left_idx]), "right": torch.from_numpy(labels[right_idx])}
+        self.sources = {"left": left_idx, "right": right_idx}  # indices into sklearn's digits
 
     def __len__(self) -> int:
         return self.n

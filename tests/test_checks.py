@@ -1,0 +1,47 @@
+import torch
+
+from mtlutils.checks import CheckResult, check_close, check_shared_forward
+
+
+def good(trunk, heads, x):
+    features = trunk(x)
+    return {name: head(features) for name, head in heads.items()}
+
+
+def test_shared_forward_check_passes_a_correct_implementation(capsys):
+    result = check_shared_forward(good)
+    assert result.passed and result.error == 0.0
+    assert capsys.readouterr().out.startswith("PASS check_shared_forward")
+
+
+def test_shared_forward_check_catches_mistakes():
+    def twice(trunk, heads, x):  # right values, but the trunk runs once per task
+        return {name: head(trunk(x)) for name, head in heads.items()}
+
+    def off(trunk, heads, x):
+        return {k: v + 1e-6 for k, v in good(trunk, heads, x).items()}
+
+    def missing(trunk, heads, x):
+        out = good(trunk, heads, x)
+        out.pop("size")
+        return out
+
+    def stub(trunk, heads, x):
+        raise NotImplementedError
+
+    def crash(trunk, heads, x):
+        return trunk(x[0])  # drops the batch dimension
+
+    assert "ran 3 times" in check_shared_forward(twice, verbose=False).message
+    r = check_shared_forward(off, verbose=False)
+    assert not r.passed and 5e-7 < r.error < 2e-6 and "differs" in r.message
+    assert "wrong structure" in check_shared_forward(missing, verbose=False).message
+    assert "not implemented" in check_shared_forward(stub, verbose=False).message
+    assert "raised" in check_shared_forward(crash, verbose=False).message
+    assert "must return a dict" in check_shared_forward(lambda t, h, x: 1, verbose=False).message
+
+
+def test_check_close_reports_error_and_tolerance():
+    r = check_close("demo", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5]), tol=0.1, verbose=False)
+    assert not r and r.error == 0.5 and "FAIL demo" in str(r) and "tolerance 1e-01" in str(r)
+    assert bool(CheckResult("x", True, "ok"))
