@@ -41,7 +41,7 @@ class RecordingWeighting(weighting.Weighting):
         return sum(torch.exp(-s) * losses[n] + s for n, s in zip(self.task_names, self.log_scale))
 
     def weights(self):
-        return {n: float(torch.exp(-s)) for n, s in zip(self.task_names, self.log_scale)}
+        return {n: float(torch.exp(-s.detach())) for n, s in zip(self.task_names, self.log_scale)}
 
     def end_epoch(self, mean_losses):
         self.seen.append(dict(mean_losses))
