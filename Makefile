@@ -33,13 +33,15 @@ book: $(STAMP)
 	@echo "open _build/html/index.html"
 
 book-student: $(STAMP)
-	$(BIN)/python tools/student_config.py _config.yml _build/student_config/_config.yml
-	MTL_PROFILE=$(PROFILE) $(JB) build . --config _build/student_config/_config.yml --path-output _build/student
+	$(BIN)/python tools/student_book.py _build/student_src
+	MTL_PROFILE=$(PROFILE) $(JB) build _build/student_src --path-output _build/student $(JBFLAGS)
+	$(BIN)/python tools/student_book.py --check _build/student/_build/html
 	@echo "open _build/student/_build/html/index.html"
 
 test: $(STAMP)
 	MTL_PROFILE=quick MPLBACKEND=Agg $(BIN)/python -m pytest
 	MTL_PROFILE=quick $(JB) build . -W -n --keep-going
+	$(MAKE) book-student PROFILE=quick JBFLAGS="-W -n --keep-going"
 
 unit: $(STAMP)
 	MTL_PROFILE=quick $(BIN)/python -m pytest tests

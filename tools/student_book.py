@@ -1,0 +1,69 @@
+"""The student edition of the book: every chapter replaced by its student version, solutions hidden.
+
+Usage: python tools/student_book.py SRC_DIR   (called by `make book-student`; then build SRC_DIR)
+       python tools/student_book.py --check HTML_DIR   (fails if any solution text is in the HTML)
+
+Why not only sphinx-exercise's ``hide_solutions``: with gated solutions ({solution-start} ...
+{solution-end} around code cells) sphinx-exercise 1.x drops the start marker but leaves the cells and
+an end node that the HTML writer cannot render (the build crashes). Building from the student
+notebooks shows readers exactly what students get: the exercise, a stub and the self-check.
+"""
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from mtlutils.assignments import generate, solution_regions  # noqa: E402
+
+
+def make_source(target: Path) -> None:
+    """Write a book source tree for the student edition into ``target``."""
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    shutil.copytree(REPO / "book", target / "book")
+    shutil.copy(REPO / "_toc.yml", target / "_toc.yml")
+    config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
+    config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
+    config["title"] = f"{config.get('title', 'mtl-book')} (student edition)"
+    (target / "_config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    chapters = sorted((REPO / "notebooks").glob("*.ipynb"))
+    generate(chapters, target / "notebooks")
+    print(f"student edition source: {target} ({len(chapters)} chapters)")
+
+
+def check_html(html_dir: Path) -> int:
+    """Exit status 1 if a solution line of any chapter appears in the built student HTML."""
+    # text of each page without tags (code is split into highlighted spans)
+    pages = {p.stem: html.unescape(re.sub(r"<[^>]+>", "", p.read_text(encoding="utf-8")))
+             for p in (html_dir / "notebooks").glob("*.html")}
+    leaks = []
+    for chapter in sorted((REPO / "notebooks").glob("*.ipynb")):
+        page = pages.get(chapter.stem)
+        if page is None:
+            leaks.append(f"{chapter.stem}: no page built")
+            continue
+        for region in solution_regions(json.loads(chapter.read_text(encoding="utf-8"))):
+            for line in region.splitlines():
+                if len(line.strip()) > 12 and line.strip() in page:
+                    leaks.append(f"{chapter.stem}: solution line in the student page: {line.strip()!r}")
+    for leak in leaks:
+        print(leak)
+    print(f"student edition: {len(pages)} chapter pages checked, {len(leaks)} problems")
+    return 1 if leaks else 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--check":
+        sys.exit(check_html(Path(sys.argv[2])))
+    if len(sys.argv) != 2:
+        sys.exit(__doc__)
+    make_source(Path(sys.argv[1]))
