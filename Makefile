@@ -55,6 +55,7 @@ check-book: $(STAMP)
 	  if [ "$$(id -u)" = 0 ]; then SUDO=""; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.48,<2"
+	$(BIN)/python -m pytest -q tests/test_check_book.py   # the checker catches what it must
 	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots
 
 assignments: $(STAMP)
