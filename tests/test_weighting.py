@@ -37,7 +37,7 @@ class RecordingWeighting(weighting.Weighting):
         self.step_losses: list[dict[str, float]] = []
 
     def combine(self, losses):
-        self.step_losses.append({k: float(v) for k, v in losses.items()})
+        self.step_losses.append({k: float(v.detach()) for k, v in losses.items()})
         return sum(torch.exp(-s) * losses[n] + s for n, s in zip(self.task_names, self.log_scale))
 
     def weights(self):
