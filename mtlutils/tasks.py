@@ -13,10 +13,9 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .metrics import ClassMetrics, Metric, RegressMetrics
+from . import metrics as M
+from .metrics import Metric
 
-# kind -> (image-level?, loss, metric factory). Dense kinds (seg, depth, normal) join with the
-# dense-prediction chapter.
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -30,11 +29,40 @@ def _regress_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(pred.reshape(-1), target.reshape(-1).to(pred.dtype))
 
 
-KINDS: dict[str, tuple[Loss, Callable[[], Metric]]] = {
-    "class": (_class_loss, ClassMetrics),
-    "regress": (_regress_loss, RegressMetrics),
+def _seg_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Pixel-wise negative log-likelihood of log-probabilities ``(N, C, H, W)``; label -1 (void) ignored."""
+    if (target >= 0).any():
+        return F.nll_loss(pred, target.long(), ignore_index=-1)
+    return pred.sum() * 0.0  # an all-void batch: no signal, but a valid graph
+
+
+def _depth_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 over valid pixels (target != 0), as the MTAN reference code."""
+    valid = target != 0
+    if not valid.any():
+        return pred.sum() * 0.0
+    return (pred - target).abs()[valid].mean()
+
+
+def _normal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 − mean cosine between unit predictions and targets ``(N, 3, H, W)`` over valid pixels
+    (target not all-zero). The MTAN paper writes −mean dot product: same gradient, non-negative value."""
+    valid = target.abs().sum(dim=1) > 0
+    if not valid.any():
+        return pred.sum() * 0.0
+    return 1.0 - (pred * target).sum(dim=1)[valid].mean()
+
+
+# kind -> (loss, metric factory, output activation applied by the head)
+KINDS: dict[str, tuple[Loss, Callable[["Task"], Metric], Callable[[torch.Tensor], torch.Tensor]]] = {
+    "class": (_class_loss, lambda task: M.ClassMetrics(), lambda x: x),
+    "regress": (_regress_loss, lambda task: M.RegressMetrics(), lambda x: x),
+    "seg": (_seg_loss, lambda task: M.SegMetrics(task.out_channels), lambda x: F.log_softmax(x, dim=1)),
+    "depth": (_depth_loss, lambda task: M.DepthMetrics(), lambda x: x),
+    "normal": (_normal_loss, lambda task: M.NormalMetrics(), lambda x: F.normalize(x, p=2, dim=1)),
 }
 IMAGE_LEVEL_KINDS = ("class", "regress")
+DENSE_KINDS = ("seg", "depth", "normal")
 
 
 @dataclass(frozen=True)
@@ -43,8 +71,11 @@ class Task:
 
     Args:
         name: the task's name, also the key of its target in each data sample.
-        kind: one of :data:`KINDS` (``"class"``: classification, ``"regress"``: scalar regression).
-        out_channels: outputs of the task's head (classes for ``class``, 1 for ``regress``).
+        kind: one of :data:`KINDS`: ``"class"`` (classification), ``"regress"`` (scalar regression),
+            ``"seg"`` (per-pixel classes, label -1 = void), ``"depth"`` (per-pixel depth, 0 = invalid),
+            ``"normal"`` (per-pixel unit normal, all-zero = invalid).
+        out_channels: outputs of the task's head (classes for ``class``/``seg``, 1 for ``regress``/
+            ``depth``, 3 for ``normal``).
     """
 
     name: str
@@ -57,8 +88,12 @@ class Task:
                              f"expected one of {sorted(KINDS)}")
         if self.out_channels < 1:
             raise ValueError(f"task {self.name!r}: out_channels must be >= 1, got {self.out_channels}")
-        if self.kind == "class" and self.out_channels < 2:
+        if self.kind in ("class", "seg") and self.out_channels < 2:
             raise ValueError(f"task {self.name!r}: a classification task needs >= 2 classes")
+        fixed = {"depth": 1, "normal": 3}.get(self.kind)
+        if fixed is not None and self.out_channels != fixed:
+            raise ValueError(f"task {self.name!r} of kind {self.kind!r} has {fixed} output channel(s), "
+                             f"got {self.out_channels}")
 
     @property
     def image_level(self) -> bool:
@@ -71,11 +106,12 @@ class Task:
 
     def new_metrics(self) -> Metric:
         """A fresh streaming metric object for this task."""
-        return KINDS[self.kind][1]()
+        return KINDS[self.kind][1](self)
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
-        """The output activation applied by a model's head (identity for logits and scalars)."""
-        return raw
+        """The output activation applied by a model's head: identity for logits and scalars,
+        log-softmax over classes for ``seg``, L2 normalisation for ``normal``."""
+        return KINDS[self.kind][2](raw)
 
 
 def as_task_dict(tasks: "dict[str, Task] | list[Task] | tuple[Task, ...]") -> dict[str, Task]:
@@ -102,4 +138,13 @@ def as_task_dict(tasks: "dict[str, Task] | list[Task] | tuple[Task, ...]") -> di
 TASKS: dict[str, Task] = {
     "left": Task("left", "class", 10),    # MultiDigits: the left digit
     "right": Task("right", "class", 10),  # MultiDigits: the right digit
+    "depth": Task("depth", "depth", 1),   # scenes, NYUv2 (metres), CityScapes (inverse depth)
+    "normal": Task("normal", "normal", 3),  # scenes, NYUv2
+    "age": Task("age", "regress", 1),     # UTKFace: age / 100
+    "gender": Task("gender", "class", 2),  # UTKFace
 }
+
+
+def seg_task(classes: int, name: str = "seg") -> Task:
+    """The semantic segmentation task with ``classes`` classes (13 for NYUv2, 7 or 19 for CityScapes)."""
+    return Task(name, "seg", classes)

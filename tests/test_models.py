@@ -10,7 +10,7 @@ from conftest import small_model
 TASKS = [Task("left", "class", 10), Task("right", "class", 10), Task("size", "regress", 1)]
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHS))
+@pytest.mark.parametrize("arch", sorted(set(ARCHS) - {"dense"}))  # dense needs SegNet: test_dense_models
 def test_forward_returns_one_prediction_per_task(arch):
     model = small_model(arch, TASKS)
     out = model(torch.rand(3, 1, 20, 28))
@@ -19,7 +19,7 @@ def test_forward_returns_one_prediction_per_task(arch):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown architecture 'mtan2'.*\['single', 'split'"):
+    with pytest.raises(ValueError, match=r"unknown architecture 'mtan2'; valid choices: \[.*'single', 'split'"):
         create("mtan2", TASKS)
     with pytest.raises(ValueError, match="unknown backbone 'resnet'.*vgg"):
         create("split", TASKS, backbone="resnet")

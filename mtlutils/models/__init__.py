@@ -1,9 +1,10 @@
 """Model zoo: ``create(arch, tasks, **kw)`` builds a multi-task network whose forward returns
 ``{task name: prediction}``.
 
-Architectures (:data:`ARCHS`) are separate from backbones: ``single`` and ``split`` work on the small
-VGG-style backbone for image-level tasks (``backbone="vgg"``); the dense-prediction chapter adds the
-SegNet backbone and the remaining architectures.
+Architectures (:data:`ARCHS`) are separate from backbones (:data:`BACKBONES`): the small VGG-style
+backbone for image-level tasks (``backbone="vgg"``) and SegNet for dense tasks (``backbone="segnet"``),
+chosen from the task kinds by default. ``python -m mtlutils.models --params`` prints the parameter table
+of the MTAN paper's #P column.
 """
 from __future__ import annotations
 
@@ -13,36 +14,53 @@ from typing import Any, Callable, Iterable, Mapping
 from torch import nn
 
 from ..tasks import Task, as_task_dict
-from .multitask import HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
-from .vgg import MLPHead, VGGTrunk
+from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
+from .segnet import DenseHead, SegNetTrunk
+from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
 
 __all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel"]
 
 
-def _vgg_parts(in_channels: int = 1, width: float = 1.0, stages=None, pool=(2, 2), hidden: int = 64):
-    kw = {} if stages is None else {"stages": stages}
-    make_trunk = partial(VGGTrunk, in_channels=in_channels, width=width, pool=pool, **kw)
+def _vgg_parts(in_channels: int = 1, width: float = 1.0, stages=None, pool=(2, 2), hidden: int = 64,
+               wide: bool = False, deep: bool = False):
+    stages = [tuple(st) for st in (stages or DEFAULT_STAGES)]
+    if wide:  # last stage twice as wide
+        stages[-1] = (2 * stages[-1][0], stages[-1][1])
+    if deep:  # every conv doubled
+        stages = [(c, 2 * n) for c, n in stages]
+    make_trunk = partial(VGGTrunk, in_channels=in_channels, width=width, pool=pool, stages=stages)
     make_head = partial(MLPHead, hidden=hidden)
     return make_trunk, make_head
 
 
+def _segnet_parts(in_channels: int = 3, width: float = 1.0, wide: bool = False, deep: bool = False):
+    make_trunk = partial(SegNetTrunk, in_channels=in_channels, width=width, wide=wide, deep=deep)
+    return make_trunk, DenseHead
+
+
 # backbone name -> function(**kw) -> (trunk factory, head factory)
-BACKBONES: dict[str, Callable[..., tuple[Callable[[], nn.Module], Callable[[int, Task], nn.Module]]]] = {
+BACKBONES: dict[str, Callable[..., tuple[Callable[..., nn.Module], Callable[[int, Task], nn.Module]]]] = {
     "vgg": _vgg_parts,
+    "segnet": _segnet_parts,
 }
 
-# architecture name -> class taking (tasks, make_trunk, make_head)
-ARCHS: dict[str, type[MultiTaskModel]] = {
-    "single": SingleTaskNetworks,
-    "split": HardSharedNetwork,
+# architecture name -> (model class taking (tasks, make_trunk, make_head), backbone options it implies)
+ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
+    "single": (SingleTaskNetworks, {}),           # one network per task (One Task)
+    "split": (HardSharedNetwork, {}),             # hard sharing: shared trunk, task heads
+    "split_wide": (HardSharedNetwork, {"wide": True}),  # Split-Wide: last stage twice as wide
+    "split_deep": (HardSharedNetwork, {"deep": True}),  # Split-Deep: every conv unit doubled
+    "dense": (DenseNetwork, {}),                  # Dense: shared net + task nets reading its features
 }
 
 
 def _default_backbone(tasks: Mapping[str, Task]) -> str:
     if all(t.image_level for t in tasks.values()):
         return "vgg"
-    raise ValueError(f"no backbone for tasks of kinds {sorted({t.kind for t in tasks.values()})} yet; "
-                     f"available backbones: {sorted(BACKBONES)}")
+    if not any(t.image_level for t in tasks.values()):
+        return "segnet"
+    raise ValueError(f"tasks mix image-level and dense kinds {sorted({t.kind for t in tasks.values()})}: "
+                     f"pass backbone= one of {sorted(BACKBONES)}")
 
 
 def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: str | None = None,
@@ -50,10 +68,10 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
     """Build architecture ``arch`` for ``tasks``.
 
     Args:
-        arch: one of :data:`ARCHS` (``"single"``: one network per task; ``"split"``: hard sharing).
+        arch: one of :data:`ARCHS`.
         tasks: the tasks (list or ``{name: Task}``); one head per task.
         backbone: one of :data:`BACKBONES`; default chosen from the task kinds (``"vgg"`` for
-            image-level tasks).
+            image-level tasks, ``"segnet"`` for dense ones).
         **kwargs: backbone options, e.g. ``in_channels``, ``width`` (channel multiplier), ``hidden``.
 
     Raises:
@@ -65,8 +83,9 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
     backbone = backbone or _default_backbone(task_dict)
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid choices: {sorted(BACKBONES)}")
-    make_trunk, make_head = BACKBONES[backbone](**kwargs)
-    return ARCHS[arch](task_dict, make_trunk, make_head)
+    cls, implied = ARCHS[arch]
+    make_trunk, make_head = BACKBONES[backbone](**{**implied, **kwargs})
+    return cls(task_dict, make_trunk, make_head)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:

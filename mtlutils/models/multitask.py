@@ -26,6 +26,7 @@ class MultiTaskModel(nn.Module):
         self.tasks = dict(tasks)
         self.in_channels = in_channels
         self.min_size = min_size
+        self.size_multiple = 1
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` that says what was expected when ``x`` has the wrong shape."""
@@ -36,6 +37,9 @@ class MultiTaskModel(nn.Module):
             raise ValueError(f"{type(self).__name__} expects {expected}, got shape {tuple(x.shape)}")
         if min(x.shape[-2:]) < self.min_size:
             raise ValueError(f"{type(self).__name__} expects {expected}, got shape {tuple(x.shape)}")
+        if x.shape[-2] % self.size_multiple or x.shape[-1] % self.size_multiple:
+            raise ValueError(f"{type(self).__name__} expects H and W divisible by {self.size_multiple} "
+                             f"(one 2x2 pooling per stage), got shape {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"{type(self).__name__} expects {expected}, got dtype {x.dtype}")
 
@@ -47,6 +51,7 @@ class SingleTaskNetworks(MultiTaskModel):
         trunks = {name: make_trunk() for name in tasks}
         first = next(iter(trunks.values()))
         super().__init__(tasks, first.in_channels, first.min_size)
+        self.size_multiple = getattr(first, "size_multiple", 1)
         self.trunks = nn.ModuleDict(trunks)
         self.heads = nn.ModuleDict({name: make_head(trunks[name].out_features, task)
                                     for name, task in tasks.items()})
@@ -62,6 +67,7 @@ class HardSharedNetwork(MultiTaskModel):
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
         trunk = make_trunk()
         super().__init__(tasks, trunk.in_channels, trunk.min_size)
+        self.size_multiple = getattr(trunk, "size_multiple", 1)
         self.trunk = trunk
         self.heads = nn.ModuleDict({name: make_head(trunk.out_features, task) for name, task in tasks.items()})
 
@@ -69,3 +75,28 @@ class HardSharedNetwork(MultiTaskModel):
         self.check_input(x)
         features = self.trunk(x)
         return {name: head(features) for name, head in self.heads.items()}
+
+
+class DenseNetwork(MultiTaskModel):
+    """Dense baseline of the MTAN tables: a shared network plus one network per task whose stages read
+    ``[task features ; shared features]`` (the shared network's input to the same stage), no attention.
+
+    Needs a trunk with side inputs (the SegNet backbone).
+    """
+
+    def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
+        shared = make_trunk()
+        if not hasattr(shared, "stage_inputs"):
+            raise ValueError("the dense architecture needs a backbone with side inputs (backbone='segnet')")
+        super().__init__(tasks, shared.in_channels, shared.min_size)
+        self.size_multiple = getattr(shared, "size_multiple", 1)
+        self.shared = shared
+        side = shared.side_channel_sizes()
+        self.trunks = nn.ModuleDict({name: make_trunk(side_channels=side) for name in tasks})
+        self.heads = nn.ModuleDict({name: make_head(self.trunks[name].out_features, task)
+                                    for name, task in tasks.items()})
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.check_input(x)
+        _, taps = self.shared.stage_inputs(x)
+        return {name: self.heads[name](self.trunks[name](x, side=taps)) for name in self.tasks}

@@ -1,0 +1,131 @@
+"""SegNet (Badrinarayanan et al.), as in the MTAN authors' reference code (papers.md §2.1).
+
+Encoder: five VGG-16 stages of 2, 2, 3, 3, 3 conv units (3x3 conv with bias, batch norm, ReLU) with
+widths 64-128-256-512-512, each followed by 2x2 max pooling that keeps its indices. Decoder, mirrored:
+max unpooling with those indices, then 3, 3, 3, 2, 2 conv units back to 64 channels at full
+resolution. Task heads: 3x3 conv 64->64 then 1x1 conv 64->outputs, then the task's activation.
+Xavier-normal initialisation. One 13-class single-task SegNet has 24,981,069 parameters.
+
+Options used by the baselines of the MTAN tables: ``width`` (channel multiplier, for CPU runs),
+``wide`` (last stage twice as wide: Split-Wide), ``deep`` (every conv unit doubled: Split-Deep) and
+``side_channels`` (extra input channels at the start of every stage but the first: the task networks of
+Dense, which read ``[task features ; shared features]``).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from ..tasks import Task
+from .vgg import conv_unit, scaled
+
+WIDTHS = (64, 128, 256, 512, 512)
+ENCODER_UNITS = (2, 2, 3, 3, 3)
+DECODER_UNITS = (2, 2, 3, 3, 3)  # per stage, listed from full resolution (stage 0) to the deepest
+
+
+def _stage(c_in: int, c_out: int, units: int, deep: bool) -> nn.Sequential:
+    """``units`` conv units c_in->c_out->...->c_out; ``deep`` doubles every unit."""
+    layers = []
+    for i in range(units):
+        first_in = c_in if i == 0 else c_out
+        layers.append(conv_unit(first_in, c_out))
+        if deep:
+            layers.append(conv_unit(c_out, c_out))
+    return nn.Sequential(*layers)
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-normal weights and zero biases for every conv/linear layer (as the reference code)."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_normal_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+class SegNetTrunk(nn.Module):
+    """SegNet encoder-decoder: image ``(N, C, H, W)`` -> features ``(N, 64·width, H, W)``.
+
+    ``forward(x, side)`` optionally concatenates ``side[k]`` to the input of stage ``k`` (the 4 encoder
+    stages after the first, then the 5 decoder stages from deepest to shallowest); ``stage_inputs(x)``
+    returns those 9 inputs of this network, so another network can read them (Dense).
+    """
+
+    def __init__(self, in_channels: int = 3, width: float = 1.0, widths: Sequence[int] = WIDTHS,
+                 wide: bool = False, deep: bool = False, side_channels: Sequence[int] | None = None) -> None:
+        super().__init__()
+        w = [scaled(c, width) for c in widths]
+        if wide:
+            w[-1] *= 2
+        side = list(side_channels) if side_channels is not None else [0] * 9
+        if len(side) != 9:
+            raise ValueError(f"side_channels needs 9 entries (4 encoder + 5 decoder stages), got {len(side)}")
+        self.in_channels, self.min_size, self.size_multiple = in_channels, 32, 32
+        self.widths = w
+        self.encoder = nn.ModuleList()
+        c_in = in_channels
+        for s, (c_out, units) in enumerate(zip(w, ENCODER_UNITS)):
+            extra = side[s - 1] if s > 0 else 0
+            self.encoder.append(_stage(c_in + extra, c_out, units, deep))
+            c_in = c_out
+        self.decoder = nn.ModuleList()  # index 0 = deepest stage
+        for k, s in enumerate(range(len(w) - 1, -1, -1)):
+            c_out = w[s - 1] if s > 0 else w[0]
+            self.decoder.append(_stage(w[s] + side[4 + k], c_out, DECODER_UNITS[s], deep))
+        self.pool = nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = nn.MaxUnpool2d(2, 2)
+        self.out_features = w[0]
+        xavier_init(self)
+
+    def _run(self, x: torch.Tensor, side: Sequence[torch.Tensor] | None, record: bool
+             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        taps: list[torch.Tensor] = []
+        indices = []
+        k = 0
+        for s, stage in enumerate(self.encoder):
+            if s > 0:
+                if record:
+                    taps.append(x)
+                if side is not None:
+                    x = torch.cat([x, side[k]], dim=1)
+                k += 1
+            x, idx = self.pool(stage(x))
+            indices.append(idx)
+        for stage, idx in zip(self.decoder, reversed(indices)):
+            x = self.unpool(x, idx)
+            if record:
+                taps.append(x)
+            if side is not None:
+                x = torch.cat([x, side[k]], dim=1)
+            k += 1
+            x = stage(x)
+        return x, taps
+
+    def forward(self, x: torch.Tensor, side: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        return self._run(x, side, record=False)[0]
+
+    def stage_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features and the inputs of the 9 stages that can take side inputs."""
+        return self._run(x, None, record=True)
+
+    def side_channel_sizes(self) -> list[int]:
+        """Channels of the 9 stage inputs returned by :meth:`stage_inputs`."""
+        w = self.widths
+        return [w[s - 1] for s in range(1, len(w))] + [w[s] for s in range(len(w) - 1, -1, -1)]
+
+
+class DenseHead(nn.Module):
+    """Task head of a dense task: 3x3 conv (in->in), 1x1 conv (in->outputs), then the task's activation."""
+
+    def __init__(self, in_features: int, task: Task) -> None:
+        super().__init__()
+        self.task = task
+        self.net = nn.Sequential(nn.Conv2d(in_features, in_features, 3, padding=1),
+                                 nn.Conv2d(in_features, task.out_channels, 1))
+        xavier_init(self)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.task.activate(self.net(features))
