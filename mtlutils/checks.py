@@ -113,3 +113,49 @@ def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, tor
         result = CheckResult(name, False, f"the shared trunk ran {len(calls)} times for one batch; hard sharing "
                                           f"computes the shared features once", result.error, result.tolerance)
     return _report(result, verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chapter 2
+def _reference_miou(conf: torch.Tensor) -> float:
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    present = union > 0
+    return float(100.0 * (tp[present] / union[present]).mean())
+
+
+def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bool = True,
+               seed: int = 0) -> CheckResult:
+    """Chapter 2 exercise: mean IoU (in %) from a confusion matrix ``conf[true, predicted]``.
+
+    ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``, averaged over the classes whose union is not empty (a
+    class absent from both the labels and the predictions is left out). Tried on random matrices of
+    several sizes, one with an absent class and one with a class never predicted.
+    """
+    name = "check_miou"
+    gen = torch.Generator().manual_seed(seed)
+    cases = [torch.randint(0, 50, (c, c), generator=gen) for c in (2, 5, 13)]
+    absent = torch.randint(0, 50, (4, 4), generator=gen)
+    absent[2, :] = 0
+    absent[:, 2] = 0  # class 2: no label, no prediction -> excluded
+    never_predicted = torch.randint(1, 50, (3, 3), generator=gen)
+    never_predicted[:, 1] = 0  # class 1 has labels but is never predicted: IoU 0, included
+    cases += [absent, never_predicted]
+    worst = 0.0
+    for conf in cases:
+        got, failure = _run(name, lambda: miou_from_confusion(conf.clone()))
+        if failure is not None:
+            return _report(failure, verbose)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return _report(CheckResult(name, False, f"must return a number, got {type(got).__name__}"), verbose)
+        err = abs(got - _reference_miou(conf))
+        if not err == err:  # NaN
+            err = float("inf")
+        worst = max(worst, err)
+    ok = worst <= 1e-9
+    msg = "matches the definition on 5 confusion matrices" if ok else \
+        "differs from the definition (rows = true class, columns = prediction, % scale, absent classes left out?)"
+    return _report(CheckResult(name, ok, msg, worst, 1e-9), verbose)

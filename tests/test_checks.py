@@ -45,3 +45,26 @@ def test_check_close_reports_error_and_tolerance():
     r = check_close("demo", torch.tensor([1.0, 2.0]), torch.tensor([1.0, 2.5]), tol=0.1, verbose=False)
     assert not r and r.error == 0.5 and "FAIL demo" in str(r) and "tolerance 1e-01" in str(r)
     assert bool(CheckResult("x", True, "ok"))
+
+
+def test_miou_check():
+    from mtlutils.checks import check_miou
+
+    def good(conf):
+        conf = conf.double()
+        tp = conf.diag()
+        union = conf.sum(0) + conf.sum(1) - tp
+        return float(100 * (tp[union > 0] / union[union > 0]).mean())
+
+    def nan_for_absent(conf):  # averages NaN of an absent class -> nan
+        conf = conf.double()
+        tp = conf.diag()
+        return float(100 * (tp / (conf.sum(0) + conf.sum(1) - tp)).mean())
+
+    def fraction(conf):
+        return good(conf) / 100
+
+    assert check_miou(good, verbose=False).passed
+    assert not check_miou(nan_for_absent, verbose=False).passed
+    assert not check_miou(fraction, verbose=False).passed
+    assert "not implemented" in check_miou(lambda c: (_ for _ in ()).throw(NotImplementedError), verbose=False).message

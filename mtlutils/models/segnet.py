@@ -13,6 +13,7 @@ Dense, which read ``[task features ; shared features]``).
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import torch
@@ -20,6 +21,11 @@ from torch import nn
 
 from ..tasks import Task
 from .vgg import conv_unit, scaled
+
+# With deterministic algorithms requested, PyTorch warns that max unpooling has no deterministic kernel.
+# The indices come from non-overlapping 2x2 max pooling, so they are unique: the scatter has no write
+# conflicts and is deterministic anyway.
+warnings.filterwarnings("ignore", message="max_unpooling2d_forward_out does not have a deterministic")
 
 WIDTHS = (64, 128, 256, 512, 512)
 ENCODER_UNITS = (2, 2, 3, 3, 3)
