@@ -108,3 +108,51 @@ def sharing_diagrams():
     _arrow(ax, 2.3, 3.8, 3.0, 4.3)
     fig.tight_layout()
     return fig
+
+
+def normals_to_rgb(normal):
+    """Unit normals ``(3, H, W)`` -> an RGB image ``(H, W, 3)`` in [0, 1] (invalid all-zero pixels black)."""
+    valid = normal.abs().sum(0) > 0
+    rgb = ((normal + 1) / 2).permute(1, 2, 0).clamp(0, 1)
+    rgb[~valid] = 0
+    return rgb.cpu().numpy()
+
+
+def show_dense_samples(samples, titles: Sequence[str] | None = None, num_classes: int | None = None,
+                       scale: float = 2.0):
+    """One column per sample, rows: image, segmentation (void black), depth (metres), normals as RGB.
+
+    ``samples`` is a list of dict samples with keys ``image`` and any of ``seg``, ``depth``, ``normal``.
+    """
+    import numpy as np
+
+    rows = ["image"] + [k for k in ("seg", "depth", "normal") if k in samples[0]]
+    fig, axes = plt.subplots(len(rows), len(samples), figsize=(scale * len(samples), scale * len(rows)),
+                             squeeze=False)
+    cmap = plt.get_cmap("tab20").copy()
+    cmap.set_under("black")
+    for j, sample in enumerate(samples):
+        for i, row in enumerate(rows):
+            ax = axes[i, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if j == 0:
+                ax.set_ylabel({"image": "image", "seg": "labels", "depth": "depth (m)",
+                               "normal": "normals"}[row])
+            if row == "image":
+                ax.imshow(sample["image"].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
+                if titles is not None:
+                    ax.set_title(titles[j], fontsize=9)
+            elif row == "seg":
+                seg = sample["seg"].cpu().numpy().astype(float)
+                seg[seg < 0] = -0.5
+                ax.imshow(seg, cmap=cmap, vmin=-0.01, vmax=max(19, (num_classes or 20) - 1), interpolation="nearest")
+            elif row == "depth":
+                depth = sample["depth"][0].cpu().numpy()
+                shown = np.ma.masked_where(depth <= 0, depth)
+                im = ax.imshow(shown, cmap="viridis")
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            else:
+                ax.imshow(normals_to_rgb(sample["normal"]))
+    fig.tight_layout()
+    return fig
