@@ -1,8 +1,10 @@
 """Data sets. Every data set yields dict samples ``{"image": tensor, <task name>: target, ...}``.
 
 The embedded default data is made here (nothing is downloaded): :func:`multidigits` (real handwriting
-from scikit-learn's digits). The dense-prediction chapter adds procedural scenes and the loaders of the
-real data sets.
+from scikit-learn's digits, image-level tasks) and :func:`make_scenes` (procedural 3D rooms with exact
+segmentation, depth and surface normals). The real data sets (:class:`NYUv2`, :class:`CityScapes`,
+:class:`UTKFace`) are read from files the user downloads (data/README.md); :func:`download` fetches a
+file and verifies its SHA-256.
 """
 from __future__ import annotations
 
@@ -12,9 +14,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .download import ChecksumError, download, file_sha256, verify
 from .multidigits import MultiDigits, multidigits, source_pools
+from .real import CityScapes, DatasetNotFoundError, NYUv2, UTKFace
+from .scenes import Scenes, make_scenes
 
-__all__ = ["MultiDigits", "multidigits", "source_pools", "loaders", "data_root"]
+__all__ = ["MultiDigits", "multidigits", "source_pools", "Scenes", "make_scenes", "NYUv2", "CityScapes",
+           "UTKFace", "DatasetNotFoundError", "download", "verify", "file_sha256", "ChecksumError", "loaders",
+           "data_root"]
 
 
 def data_root() -> Path:
