@@ -14,6 +14,16 @@ Data flow (design.md §4): batch dict -> ``model(image)`` -> ``{task: prediction
   uninterrupted one.
 * **NaN guard**: a non-finite loss stops training with :class:`NonFiniteLossError` naming the task,
   epoch and step; the last good checkpoint is left untouched.
+
+Optional model hooks (duck-typed, so any ``nn.Module`` works without them):
+
+* ``model.param_groups(lr) -> list[dict]``: the optimiser's parameter groups (e.g. cross-stitch units
+  with a larger learning rate); used when ``optimizer`` is a name.
+* ``model.regularization() -> Tensor``: a scalar added to the weighted task loss every step (e.g. the
+  entropy term of stochastic filter groups). Its epoch mean is recorded as ``train/model/regularization``.
+* ``model.on_train_step(step)``: called before every training step with the global step (0-based, counted
+  over all epochs), e.g. to anneal a temperature. It must depend on ``step`` only, so that a resumed run
+  equals an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -182,7 +192,7 @@ def evaluate(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task]
     return out
 
 
-def _make_optimizer(optimizer: "str | torch.optim.Optimizer | None", params: list[nn.Parameter],
+def _make_optimizer(optimizer: "str | torch.optim.Optimizer | None", params: "list[nn.Parameter] | list[dict]",
                     lr: float, weight_decay: float) -> torch.optim.Optimizer:
     if isinstance(optimizer, torch.optim.Optimizer):
         return optimizer
@@ -238,7 +248,10 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     model.to(device)
     weighting.to(device)
     extra = [p for p in weighting.parameters() if p.requires_grad]
-    opt = _make_optimizer(optimizer, [p for p in model.parameters() if p.requires_grad], lr, weight_decay)
+    params: list = [p for p in model.parameters() if p.requires_grad]
+    if callable(getattr(model, "param_groups", None)):
+        params = list(model.param_groups(lr))
+    opt = _make_optimizer(optimizer, params, lr, weight_decay)
     known = {id(p) for group in opt.param_groups for p in group["params"]}
     if extra and not all(id(p) in known for p in extra):
         opt.add_param_group({"params": [p for p in extra if id(p) not in known]})
@@ -256,10 +269,7 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
         history = History.from_state(state["history"])
         start = int(state["epoch"])
 
-    try:
-        steps = len(data)  # type: ignore[arg-type]
-    except TypeError:
-        steps = 0
+    steps = _steps_per_epoch(data, needed=False)
     prefix = f"{label} · " if label else ""
     bar = Progress(total=steps * epochs, desc=f"{prefix}epoch {start}/{epochs}", enabled=progress)
     bar.n = steps * start
@@ -289,6 +299,17 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     return history
 
 
+def _steps_per_epoch(data: Iterable[Batch], needed: bool) -> int:
+    """Batches per epoch (``len(data)``); 0 when unknown and not needed."""
+    try:
+        return len(data)  # type: ignore[arg-type]
+    except TypeError:
+        if needed:
+            raise TypeError("a model with on_train_step(step) needs data with a length (e.g. a DataLoader) "
+                            "so that the global step is known on resume") from None
+        return 0
+
+
 def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Task], weighting: Weighting,
                  opt: torch.optim.Optimizer, device: torch.device, epoch: int, seed: int,
                  grad_clip: float | None, checkpoint: Any, bar: Progress) -> dict[str, float]:
@@ -305,8 +326,14 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
     count = 0
     row: dict[str, float] = {"epoch": float(epoch)}
     row.update({f"weight/{k}": float(v) for k, v in weighting.weights().items()})
+    on_step = getattr(model, "on_train_step", None)
+    regularization = getattr(model, "regularization", None)
+    first_step = (epoch - 1) * _steps_per_epoch(data, needed=callable(on_step))
+    reg_sum = 0.0
     for step, batch in enumerate(data, start=1):
         batch = _move(batch, device)
+        if callable(on_step):
+            on_step(first_step + step - 1)
         preds, losses = _task_losses(model, batch, tasks)
         for name, value in losses.items():
             if not torch.isfinite(value):
@@ -314,6 +341,10 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
                 raise NonFiniteLossError(f"loss of task {name!r} is {float(value.detach())} at epoch {epoch}, "
                                          f"step {step}{kept}")
         total = weighting.combine(losses)
+        if callable(regularization):
+            reg = regularization()
+            reg_sum += float(reg.detach())
+            total = total + reg
         if not torch.isfinite(total):
             raise NonFiniteLossError(f"the weighted total loss is {float(total.detach())} at epoch {epoch}, step {step}")
         opt.zero_grad(set_to_none=True)
@@ -333,6 +364,8 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
     for name in tasks:
         row[f"train/{name}/loss"] = sums[name] / count
         row.update({f"train/{name}/{k}": v for k, v in metrics[name].compute().items()})
+    if callable(regularization):
+        row["train/model/regularization"] = reg_sum / step
     if any(not math.isfinite(v) for v in row.values()):  # metrics can only be non-finite on bad data
         raise NonFiniteLossError(f"non-finite value in the epoch {epoch} record: {row}")
     return row

@@ -177,3 +177,59 @@ def test_history_state_round_trip():
     h = History(rows=[{"epoch": 1.0, "train/a/loss": 0.5}], seconds=[1.2])
     assert History.from_state(h.state()) == h
     assert History(rows=h.rows, seconds=[9.9]) == h  # wall time does not take part in equality
+
+
+class HookedModel(torch.nn.Module):
+    """A small split network with the optional hooks of fit: parameter groups, a regulariser and a step
+    callback."""
+
+    def __init__(self, tasks):
+        super().__init__()
+        self.net = small_model("split", tasks)
+        self.scale = torch.nn.Parameter(torch.tensor(0.5))
+        self.steps_seen: list[int] = []
+
+    def forward(self, x):
+        return {k: v * self.scale for k, v in self.net(x).items()}
+
+    def param_groups(self, lr):
+        return [{"params": self.net.parameters(), "lr": lr}, {"params": [self.scale], "lr": 10 * lr}]
+
+    def regularization(self):
+        return 0.1 * self.scale ** 2
+
+    def on_train_step(self, step):
+        self.steps_seen.append(step)
+
+
+def test_model_hooks_param_groups_regularization_and_global_step(digit_tasks, tiny_loaders):
+    train, test = tiny_loaders
+    model = HookedModel(digit_tasks)
+    history = mu.fit(model, train, digit_tasks, epochs=2, lr=1e-3, progress=False, device="cpu")
+    steps = len(train)
+    assert model.steps_seen == list(range(2 * steps)), "global step counted over epochs"
+    reg = history.series("train/model/regularization")
+    assert len(reg) == 2 and all(0.0 < r < 0.1 for r in reg)
+    # the regulariser's gradient reaches the parameter: without task losses it would pull scale to 0
+    assert float(model.scale.detach()) != 0.5
+
+    # the model's groups are used: the second group has 10x the learning rate
+    model2 = HookedModel(digit_tasks)
+    captured = {}
+
+    def capture_scheduler(opt):
+        captured["lrs"] = [g["lr"] for g in opt.param_groups]
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=10)
+
+    mu.fit(model2, train, digit_tasks, epochs=1, lr=2e-3, progress=False, device="cpu", scheduler=capture_scheduler)
+    assert captured["lrs"] == [2e-3, 2e-2]
+
+
+def test_resume_with_a_step_hook_restarts_at_the_right_global_step(digit_tasks, tiny_loaders, tmp_path):
+    train, _ = tiny_loaders
+    ckpt = tmp_path / "h.pt"
+    first = HookedModel(digit_tasks)
+    mu.fit(first, train, digit_tasks, epochs=1, progress=False, device="cpu", checkpoint=ckpt)
+    again = HookedModel(digit_tasks)
+    mu.fit(again, train, digit_tasks, epochs=2, progress=False, device="cpu", checkpoint=ckpt, resume=True)
+    assert again.steps_seen == list(range(len(train), 2 * len(train)))
