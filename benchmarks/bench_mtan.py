@@ -56,15 +56,26 @@ def step(model, opt, tasks, batch) -> None:
 
 
 def step_flops(model, opt, tasks, batch) -> int:
+    """FLOPs of forward + backward. FlopCounterMode over-counts the weight gradient of a grouped
+    convolution by its number of groups (torch 2.13), so MTAN is counted on its per-task loop: the same
+    convolutions, ungrouped."""
+    fast = getattr(model, "fast", None)
+    if fast is not None:
+        model.fast = False
     counter = FlopCounterMode(display=False)
-    with counter:
-        out = model(batch["image"])
-        sum(t.loss(out[t.name], batch[t.name]) for t in tasks).backward()
+    try:
+        with counter:
+            out = model(batch["image"])
+            sum(t.loss(out[t.name], batch[t.name]) for t in tasks).backward()
+    finally:
+        if fast is not None:
+            model.fast = fast
     opt.zero_grad(set_to_none=True)
     return counter.get_total_flops()
 
 
-def measure(archs, tasks, batch, width: float, steps: int, warmup: int, device) -> dict[str, dict[str, float]]:
+def measure(archs, tasks, batch, width: float, steps: int, warmup: int, device, clock=time.perf_counter
+            ) -> dict[str, dict[str, float]]:
     runs = {arch: build(arch, tasks, width, device) for arch in archs}
     flops = {arch: step_flops(m, o, tasks, batch) for arch, (m, o) in runs.items()}
     times: dict[str, list[float]] = {arch: [] for arch in archs}
@@ -72,12 +83,12 @@ def measure(archs, tasks, batch, width: float, steps: int, warmup: int, device) 
         for arch, (model, opt) in runs.items():
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             step(model, opt, tasks, batch)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= warmup:
-                times[arch].append(time.perf_counter() - start)
+                times[arch].append(clock() - start)
     return {arch: {"flops": flops[arch], "seconds": statistics.median(times[arch]),
                    "params": mu.models.count_parameters(runs[arch][0])} for arch in archs}
 
@@ -102,7 +113,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--archs", nargs="+", default=list(ARCHS), choices=ARCHS)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: PyTorch's choice)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall time, or the process's CPU time (with --threads 1 on a CPU: the compute time "
+                             "of the step, insensitive to other processes competing for the cores)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = mu.get_device()
     classes = 13 if args.tasks == 3 else 7
     tasks = [seg_task(classes), TASKS["depth"], TASKS["normal"]][: args.tasks]
@@ -110,7 +127,9 @@ def main() -> None:
     archs = list(dict.fromkeys(["split"] + args.archs))
     print(f"device={device} threads={torch.get_num_threads()} size={args.size[0]}x{args.size[1]} "
           f"width={args.width} batch={args.batch} tasks={[t.name for t in tasks]}")
-    report(measure(archs, tasks, batch, args.width, args.steps, args.warmup, device))
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
+    print(f"clock={args.clock}")
+    report(measure(archs, tasks, batch, args.width, args.steps, args.warmup, device, clock))
 
 
 if __name__ == "__main__":

@@ -105,16 +105,18 @@ def test_stacked_masks_equal_the_per_task_modules(with_prev):
     torch.testing.assert_close(stacked_masks(fast, u, prev), want, rtol=0, atol=1e-12)
 
 
-def test_shared_unit_per_task_equals_one_call_per_task():
+@pytest.mark.parametrize("pool", [False, True])
+def test_shared_unit_per_task_equals_one_call_per_task(pool):
     torch.manual_seed(0)
+    after = (lambda y: nn.functional.max_pool2d(y, 2, 2)) if pool else (lambda y: y)  # the reference order
     unit = conv_unit(4, 6).double()
     randomise_batch_norms(unit)
     loop = copy.deepcopy(unit)
-    x = torch.randn(3, 4, 4, 5, 5, dtype=torch.float64, requires_grad=True)  # (N, T=4, C, H, W)
+    x = torch.randn(3, 4, 4, 6, 6, dtype=torch.float64, requires_grad=True)  # (N, T=4, C, H, W)
     x2 = x.detach().clone().requires_grad_()
-    weights = torch.randn(3, 4, 6, 5, 5, dtype=torch.float64)
-    got = shared_unit_per_task(unit, x)
-    want = torch.stack([loop(x2[:, t]) for t in range(4)], 1)  # BN statistics per task, updated 4 times
+    weights = torch.randn(3, 4, 6, *((3, 3) if pool else (6, 6)), dtype=torch.float64)
+    got = shared_unit_per_task(unit, x, pool=pool)
+    want = torch.stack([after(loop(x2[:, t])) for t in range(4)], 1)  # BN statistics per task, 4 updates
     torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
     (got * weights).sum().backward()
     (want * weights).sum().backward()
@@ -126,8 +128,8 @@ def test_shared_unit_per_task_equals_one_call_per_task():
     torch.testing.assert_close(bn.running_var, bn2.running_var, rtol=0, atol=1e-12)
     assert int(bn.num_batches_tracked) == int(bn2.num_batches_tracked) == 4
     unit.eval(), loop.eval()
-    want = torch.stack([loop(x2[:, t]) for t in range(4)], 1)
-    torch.testing.assert_close(shared_unit_per_task(unit, x), want, rtol=0, atol=1e-12)
+    want = torch.stack([after(loop(x2[:, t])) for t in range(4)], 1)
+    torch.testing.assert_close(shared_unit_per_task(unit, x, pool=pool), want, rtol=0, atol=1e-12)
 
 
 def test_batched_blocks_pass_gradcheck():

@@ -129,18 +129,21 @@ def stacked_masks(modules: Sequence[AttentionModule], u: torch.Tensor,
     z = F.conv2d(u, weight[:, :cu], torch.cat([c.bias for c in g_convs]))
     if prev is not None:
         z = z + F.conv2d(prev.flatten(1, 2), weight[:, cu:], groups=tasks)
-    z = F.relu(_stacked_bn([m.g[1] for m in modules], z))
+    z = F.relu_(_stacked_bn([m.g[1] for m in modules], z))
     z = F.conv2d(z, torch.cat([c.weight for c in h_convs]), torch.cat([c.bias for c in h_convs]), groups=tasks)
-    z = torch.sigmoid(_stacked_bn([m.h[1] for m in modules], z))
+    z = torch.sigmoid_(_stacked_bn([m.h[1] for m in modules], z))
     return z.unflatten(1, (tasks, -1))
 
 
-def shared_unit_per_task(unit: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
-    """A shared conv–BN–ReLU unit applied to every task's path of ``x (N, T, C, H, W)`` in one call.
+def shared_unit_per_task(unit: nn.Sequential, x: torch.Tensor, pool: bool = False) -> torch.Tensor:
+    """A shared conv–BN–ReLU unit applied to every task's path of ``x (N, T, C, H, W)`` in one call;
+    with ``pool``, followed by 2x2 max pooling.
 
     The tasks are folded into the batch for the convolution (a free view of the task-stacked layout) and
     into the channels for batch norm, whose statistics stay per task (:func:`_per_task_bn`): equal, in
-    values, gradients and running statistics, to calling ``unit`` once per task.
+    values, gradients and running statistics, to calling ``unit`` once per task. The pooling runs before
+    the ReLU, on the same values: ReLU is non-decreasing, so ``maxpool(relu(y)) = relu(maxpool(y))``, and
+    the ReLU then touches a quarter of the pixels.
     """
     conv, bn, act = unit
     if not (isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and isinstance(act, nn.ReLU)):
@@ -148,4 +151,6 @@ def shared_unit_per_task(unit: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
     n, tasks = x.shape[:2]
     y = conv(x.flatten(0, 1))  # (N·T, C', H', W'): batch index n·T + t
     y = _per_task_bn(bn, y.unflatten(0, (n, tasks)).flatten(1, 2), tasks)
-    return F.relu(y).unflatten(1, (tasks, -1))
+    if pool:
+        y = F.max_pool2d(y, 2, 2)
+    return F.relu_(y).unflatten(1, (tasks, -1))

@@ -135,8 +135,7 @@ class MTAN(MultiTaskModel):
                 for t, name in enumerate(names):
                     masks[name].append(mask[:, t])
             if j < len(self.encoder_f):
-                prev = F.max_pool2d(shared_unit_per_task(self.encoder_f[j], attended).flatten(1, 2), 2, 2)
-                prev = prev.unflatten(1, (len(names), -1))
+                prev = shared_unit_per_task(self.encoder_f[j], attended, pool=True)
         for k, (up, out) in enumerate(decoder):  # prev: the encoder path's output, then each block's
             prev = _up2(prev.flatten(1, 2)).unflatten(1, (len(names), -1))
             prev = shared_unit_per_task(self.decoder_f[k], prev)
@@ -145,9 +144,10 @@ class MTAN(MultiTaskModel):
             if masks is not None:
                 for t, name in enumerate(names):
                     masks[name].append(mask[:, t])
+        per_task = attended.unbind(1)  # its backward stacks the task gradients once
         if self.has_decoder:
-            return {name: attended[:, t] for t, name in enumerate(names)}
-        return {name: self._vgg_output(attended[:, t]) for t, name in enumerate(names)}
+            return dict(zip(names, per_task))
+        return {name: self._vgg_output(a) for name, a in zip(names, per_task)}
 
     def features(self, x: torch.Tensor, masks: dict[str, list[torch.Tensor]] | None = None) -> Features:
         """Each task's last attended feature (the input of its head). With ``masks={}``, the masks of
