@@ -190,6 +190,11 @@ class Run:
 def grid(cfg: Mapping[str, Any]) -> list[Run]:
     """Every run of the config, in order (data, model, weighting, seed)."""
     g = cfg["grid"]
+    for key in ("data", "models", "weightings", "seeds"):
+        values = list(g.get(key, []))
+        for v in values:
+            if values.count(v) > 1:
+                raise ValueError(f"grid {key} lists {v!r} twice")
     single = set(g.get("single_task", ["single", "stan"]))
     runs = []
     for data in g["data"]:
@@ -406,7 +411,7 @@ def aggregate(cfg: Mapping[str, Any], results_root: Path | None = None) -> Path:
     table = summarise(results, cfg.get("baseline", "single"))
     out = (results_root or REPO / "results") / cfg["name"] / "summary.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out, index=False, float_format="%.6g")
+    table.to_csv(out, index=False, float_format="%.8g")
     print(f"{cfg['name']}: {len(results)}/{expected} runs summarised -> {out}")
     return out
 
