@@ -256,3 +256,19 @@ def test_mtan_on_the_vgg_backbone_for_image_level_tasks():
     assert out["left"].shape == (4, 10) and out["size"].shape == (4, 1)
     masks = model.attention_masks(torch.rand(4, 1, 20, 28))
     assert [tuple(m.shape[1:]) for m in masks["left"]] == [(8, 20, 28), (16, 10, 14), (32, 5, 7)]
+
+
+def test_synchronised_batch_norms_make_mtan_run_its_modules():
+    """Multi-process training swaps in a synchronised batch norm: the batched path, which calls batch norm
+    functionally, would bypass it, so MTAN then runs the per-task loop (same values)."""
+    from mtlutils.distributed import DistributedBatchNorm2d, convert_batchnorm
+
+    model = tiny_mtan(width=0.125).eval()
+    x = torch.rand(2, 3, 32, 32)
+    expected = model(x)
+    assert model._plain_batch_norms()
+    converted = convert_batchnorm(copy.deepcopy(model), torch.device("cpu"))
+    assert isinstance(converted.encoder_f[0][1], DistributedBatchNorm2d) and not converted._plain_batch_norms()
+    got = converted(x)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)

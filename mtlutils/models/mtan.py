@@ -64,7 +64,8 @@ class MTAN(MultiTaskModel):
 
     Attributes: ``shared`` (the trunk), ``encoder_attention[j][task]`` / ``decoder_attention[k][task]``
     (:class:`AttentionModule`), ``encoder_f[j]`` / ``decoder_f[k]`` (the shared 3x3 units), ``heads``.
-    ``fast`` selects the batched path (default) or the reference per-task loop; both compute the same.
+    ``fast`` selects the batched path (default) or the reference per-task loop; both compute the same
+    (with synchronised batch norms, in multi-process training, the loop runs).
     """
 
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
@@ -155,9 +156,16 @@ class MTAN(MultiTaskModel):
         if masks is not None:
             masks.clear()
             masks.update({name: [] for name in self.tasks})
-        if self.fast:
+        if self.fast and self._plain_batch_norms():
             return self._fast_features(x, masks)
         return reference_features(self, x, masks)
+
+    def _plain_batch_norms(self) -> bool:
+        """The batched path calls batch norm functionally; a synchronised batch norm (several processes,
+        :mod:`mtlutils.distributed`) must be called as a module, so MTAN then runs the per-task loop."""
+        parts = (self.encoder_attention, self.encoder_f, self.decoder_attention, self.decoder_f)
+        return all(type(m) is nn.BatchNorm2d for part in parts for m in part.modules()
+                   if isinstance(m, nn.modules.batchnorm._BatchNorm))
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)
