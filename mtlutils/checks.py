@@ -159,3 +159,100 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
     msg = "matches the definition on 5 confusion matrices" if ok else \
         "differs from the definition (rows = true class, columns = prediction, % scale, absent classes left out?)"
     return _report(CheckResult(name, ok, msg, worst, 1e-9), verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chapter 4 (MTAN and Dynamic Weight Average)
+def check_dwa(dwa_weights: Callable[[torch.Tensor, float], torch.Tensor], verbose: bool = True,
+              seed: int = 0) -> CheckResult:
+    """Chapter 4 exercise: Dynamic Weight Average, ``dwa_weights(history, temperature) -> λ (K,)``.
+
+    ``history`` is a float64 tensor ``(E, K)`` of epoch-mean unweighted losses (row e = epoch e + 1); the
+    result holds the weights of epoch E + 1: ones while E < 2, else ``K softmax(w / T)`` with
+    ``w = history[-1] / history[-2]``. Compared with :func:`mtlutils.weighting.dwa_weights` for 0 to 6
+    epochs, 2 to 4 tasks and temperatures from 0.1 to 50.
+    """
+    from .weighting import dwa_weights as reference
+
+    name = "check_dwa"
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for epochs in (0, 1, 2, 3, 6):
+        for k in (2, 3, 4):
+            history = torch.rand(epochs, k, generator=gen, dtype=torch.float64) * 2 + 0.05
+            for temperature in (0.1, 2.0, 50.0):
+                got, failure = _run(name, lambda: dwa_weights(history.clone(), temperature))
+                if failure is not None:
+                    return _report(failure, verbose)
+                expected = reference(history, temperature)
+                if not isinstance(got, torch.Tensor):
+                    try:
+                        got = torch.as_tensor(got, dtype=torch.float64)
+                    except (TypeError, ValueError):
+                        return _report(CheckResult(name, False, f"must return a tensor of {k} weights, got "
+                                                                f"{type(got).__name__}"), verbose)
+                err = max_error(got.reshape(-1) if got.numel() == k else got, expected)
+                if err == float("inf"):
+                    return _report(CheckResult(name, False, f"with {epochs} epochs and {k} tasks: expected {k} "
+                                                            f"weights, got shape {tuple(got.shape)}"), verbose)
+                worst = max(worst, err if err == err else float("inf"))
+    ok = worst <= 1e-9
+    msg = ("matches DWA on 45 loss histories" if ok else
+           "differs from DWA (λ = 1 for the first two epochs? ratio of the last two epochs? K · softmax(w / T)?)")
+    return _report(CheckResult(name, ok, msg, worst, 1e-9), verbose)
+
+
+def check_attention(attend: Callable[..., Any], verbose: bool = True, seed: int = 0) -> CheckResult:
+    """Chapter 4 exercise: the MTAN attention module's forward pass from its equations.
+
+    ``attend(module, u, p, prev=None)`` must return ``(mask, attended)`` with ``mask = h(g([u; prev]))``
+    (``g(u)`` without ``prev``) and ``attended = mask ⊙ p``, calling ``module.g`` and ``module.h`` (not
+    the module's own ``mask``/``forward``). Compared in float64 with
+    :class:`mtlutils.layers.AttentionModule` on random inputs, with and without ``prev``.
+    """
+    from .layers import AttentionModule
+
+    name = "check_attention"
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    worst = 0.0
+    for c_u, c_prev, c in ((4, 0, 4), (6, 6, 6), (5, 3, 2)):
+        module = AttentionModule(c_u + c_prev, c).double().train()
+        u = torch.randn(3, c_u, 5, 4, generator=gen, dtype=torch.float64)
+        p = torch.randn(3, c, 5, 4, generator=gen, dtype=torch.float64)
+        prev = torch.randn(3, c_prev, 5, 4, generator=gen, dtype=torch.float64) if c_prev else None
+        with torch.no_grad():
+            expected = module.mask(u, prev)
+            expected = (expected, expected * p)
+        calls = []
+        own_mask = module.mask
+
+        def spy(*args, **kwargs):  # the student's code must not use the module's own mask or forward
+            calls.append("mask")
+            return own_mask(*args, **kwargs)
+
+        module.mask = spy
+        hook = module.register_forward_pre_hook(lambda *_: calls.append("forward"))
+        try:
+            with torch.no_grad():
+                got, failure = _run(name, lambda: attend(module, u, p, prev))
+        finally:
+            hook.remove()
+            del module.mask
+        if failure is not None:
+            return _report(failure, verbose)
+        if calls:
+            return _report(CheckResult(name, False, f"called the module's own {calls[0]}(): build the mask from "
+                                                    f"module.g and module.h"), verbose)
+        if not isinstance(got, (tuple, list)) or len(got) != 2:
+            return _report(CheckResult(name, False, f"must return (mask, attended), got {type(got).__name__}"),
+                           verbose)
+        result = check_close(name, {"mask": got[0], "attended": got[1]},
+                             {"mask": expected[0], "attended": expected[1]}, tol=1e-10, verbose=False)
+        if not result.passed and result.error is None:
+            return _report(result, verbose)
+        worst = max(worst, result.error)
+    ok = worst <= 1e-10
+    msg = ("matches AttentionModule with and without prev" if ok else
+           "differs from AttentionModule (order of [u; prev]? sigmoid mask times p?)")
+    return _report(CheckResult(name, ok, msg, worst, 1e-10), verbose)

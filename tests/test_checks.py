@@ -68,3 +68,67 @@ def test_miou_check():
     assert not check_miou(nan_for_absent, verbose=False).passed
     assert not check_miou(fraction, verbose=False).passed
     assert "not implemented" in check_miou(lambda c: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
+
+
+def test_dwa_check():
+    from mtlutils.checks import check_dwa
+
+    def good(history, temperature):
+        k = history.shape[1]
+        if history.shape[0] < 2:
+            return torch.ones(k, dtype=torch.float64)
+        return k * torch.softmax(history[-1] / history[-2] / temperature, dim=0)
+
+    def inverted(history, temperature):  # ratio upside down: favours the fastest-falling task
+        k = history.shape[1]
+        if history.shape[0] < 2:
+            return torch.ones(k, dtype=torch.float64)
+        return k * torch.softmax(history[-2] / history[-1] / temperature, dim=0)
+
+    def no_warmup(history, temperature):  # uses DWA from the second epoch on (ratio against epoch 0 = 1)
+        k = history.shape[1]
+        if history.shape[0] < 1:
+            return torch.ones(k, dtype=torch.float64)
+        before = history[-2] if history.shape[0] > 1 else torch.ones(k, dtype=torch.float64)
+        return k * torch.softmax(history[-1] / before / temperature, dim=0)
+
+    def sums_to_one(history, temperature):
+        return good(history, temperature) / history.shape[1]
+
+    assert check_dwa(good, verbose=False).passed
+    for wrong in (inverted, no_warmup, sums_to_one):
+        result = check_dwa(wrong, verbose=False)
+        assert not result.passed and result.error > 1e-3, wrong.__name__
+    assert "expected 2 weights" in check_dwa(lambda h, t: torch.tensor(1.0), verbose=False).message
+    assert "not implemented" in check_dwa(lambda h, t: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
+
+
+def test_attention_check():
+    from mtlutils.checks import check_attention
+
+    def good(module, u, p, prev=None):
+        x = u if prev is None else torch.cat([u, prev], dim=1)
+        mask = module.h(module.g(x))
+        return mask, mask * p
+
+    def swapped(module, u, p, prev=None):  # [prev; u] instead of [u; prev]
+        x = u if prev is None else torch.cat([prev, u], dim=1)
+        mask = module.h(module.g(x))
+        return mask, mask * p
+
+    def additive(module, u, p, prev=None):  # residual instead of multiplicative attention
+        mask, _ = good(module, u, p, prev)
+        return mask, mask + p
+
+    def uses_the_package(module, u, p, prev=None):
+        return module.mask(u, prev), module(u, p, prev)
+
+    result = check_attention(good, verbose=False)
+    assert result.passed and result.error < 1e-12
+    for wrong in (swapped, additive):
+        result = check_attention(wrong, verbose=False)
+        assert not result.passed and result.error > 1e-3, wrong.__name__
+    assert "module's own mask" in check_attention(uses_the_package, verbose=False).message
+    assert "(mask, attended)" in check_attention(lambda m, u, p, prev=None: u, verbose=False).message
+    assert "not implemented" in check_attention(lambda *a: (_ for _ in ()).throw(NotImplementedError),
+                                                verbose=False).message

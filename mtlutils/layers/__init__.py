@@ -6,4 +6,6 @@ stochastic filter-group convolution with its Gumbel-Softmax sampler (Bragman et 
 """
 from __future__ import annotations
 
-__all__: list[str] = []
+from .attention import AttentionModule
+
+__all__: list[str] = ["AttentionModule"]

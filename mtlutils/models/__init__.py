@@ -15,6 +15,7 @@ from torch import nn
 
 from ..tasks import Task, as_task_dict
 from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
+from .mtan import MTAN, STAN
 from .segnet import DenseHead, SegNetTrunk
 from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
 
@@ -51,6 +52,8 @@ ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "split_wide": (HardSharedNetwork, {"wide": True}),  # Split-Wide: last stage twice as wide
     "split_deep": (HardSharedNetwork, {"deep": True}),  # Split-Deep: every conv unit doubled
     "dense": (DenseNetwork, {}),                  # Dense: shared net + task nets reading its features
+    "mtan": (MTAN, {}),                           # MTAN: shared net + per-task attention networks
+    "stan": (STAN, {}),                           # STAN: one single-task MTAN per task
 }
 
 

@@ -58,6 +58,17 @@ class VGGTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
 
+    def stages(self) -> list[nn.Sequential]:
+        """The conv units of every stage (the layers between two poolings), sharing ``features``' modules."""
+        stages, units = [], []
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append(nn.Sequential(*units))
+                units = []
+            else:
+                units.append(layer)
+        return stages
+
 
 class MLPHead(nn.Module):
     """Task head of an image-level task: Linear, ReLU, Linear to the task's outputs, then its activation."""
