@@ -7,3 +7,8 @@ stochastic filter-group convolution with its Gumbel-Softmax sampler (Bragman et 
 from __future__ import annotations
 
 __all__: list[str] = []
+
+# cross-stitch networks (chapter 3)
+from .cross_stitch import CrossStitch, CrossStitchFunction, cross_stitch  # noqa: E402
+
+__all__ += ["CrossStitch", "CrossStitchFunction", "cross_stitch"]
