@@ -5,8 +5,8 @@ import torch
 from torch.autograd import gradcheck
 
 import mtlutils as mu
-from mtlutils.layers import CrossStitch, CrossStitchFunction, cross_stitch
-from mtlutils.layers.cross_stitch import init_alpha, mix
+from mtlutils.layers import CrossStitch, CrossStitchFunction
+from mtlutils.layers.cross_stitch import cross_stitch, init_alpha, mix
 from mtlutils.models import count_parameters, create
 from mtlutils.models.cross_stitch import CrossStitchNetwork
 from mtlutils.tasks import TASKS, Task, seg_task

@@ -9,6 +9,6 @@ from __future__ import annotations
 __all__: list[str] = []
 
 # cross-stitch networks (chapter 3)
-from .cross_stitch import CrossStitch, CrossStitchFunction, cross_stitch  # noqa: E402
+from .cross_stitch import CrossStitch, CrossStitchFunction  # noqa: E402
 
-__all__ += ["CrossStitch", "CrossStitchFunction", "cross_stitch"]
+__all__ += ["CrossStitch", "CrossStitchFunction"]
