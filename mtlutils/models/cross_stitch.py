@@ -5,21 +5,8 @@ Built from the backbone's own pieces: every task network is an ordinary trunk of
 generator (``trunk.run_stitched``) that stops at each stitch point, so the networks advance in lock-step
 and the units mix their features in between. Heads stay task-specific (as the paper's fc8).
 
-Options (keywords of ``models.create("cross_stitch", tasks, ...)``):
-
-* ``stitch``: where the units go. ``"stage"`` (default): after every pooling stage, the paper's
-  placement (pool1, pool2, pool5, fc6, fc7 in AlexNet); on SegNet after every encoder stage's pooling
-  **and** at the end of every decoder stage (the decoder stages play the role of the paper's
-  fully-connected layers: the last shared layers before the task-specific output). ``"conv"``: after
-  every conv unit (tried in the paper and found worse; the SFG paper's baseline on VGG-11).
-* ``granularity``: ``"channel"`` (default; one T×T matrix per channel, the paper's choice for
-  segmentation + normals) or ``"layer"`` (one T×T matrix per unit).
-* ``alpha_init``: ``(α_S, α_D)``, default ``(0.9, 0.1)``, the paper's best (Table 1). With T > 2 tasks
-  α_D is split equally over the other tasks, so every row still sums to α_S + α_D.
-* ``alpha_lr_mult``: the learning rate of α is the model's learning rate times this, default 100 (the
-  paper's best range is 10²–10³, Table 2, with SGD); used by ``fit`` through :meth:`param_groups`.
-
-Start from trained single-task networks (the paper's protocol) with :meth:`CrossStitchNetwork.load_single`.
+Options: see :class:`CrossStitchNetwork`. Start from trained single-task networks (the paper's protocol)
+with :meth:`CrossStitchNetwork.load_single`.
 """
 from __future__ import annotations
 
@@ -44,7 +31,24 @@ def _finish(run, value: torch.Tensor) -> torch.Tensor:
 
 
 class CrossStitchNetwork(MultiTaskModel):
-    """T task networks of one backbone joined by cross-stitch units (options: see the module docstring)."""
+    """T >= 2 task networks of one backbone joined by cross-stitch units; forward returns ``{task: prediction}``.
+
+    Options (keywords of ``models.create("cross_stitch", tasks, ...)``):
+
+    * ``stitch``: where the units go. ``"stage"`` (default): after every pooling stage, the paper's
+      placement (pool1, pool2, pool5, fc6, fc7 in AlexNet); on SegNet after every encoder stage's pooling
+      **and** at the end of every decoder stage (the decoder stages play the role of the paper's
+      fully-connected layers: the last shared layers before the task-specific output; an unpooled map is
+      sparse, with the non-zeros where *its* network's pooling put them, so we do not mix right after
+      unpooling). ``"conv"``: after every conv unit (tried in the paper and found worse; the SFG
+      paper's baseline: ``create("cross_stitch", tasks, backbone="vgg", width=0.5, stitch="conv")``).
+    * ``granularity``: ``"channel"`` (default; one T×T matrix per channel, the paper's choice for
+      segmentation + normals) or ``"layer"`` (one T×T matrix per unit).
+    * ``alpha_init``: ``(α_S, α_D)``, default ``(0.9, 0.1)``, the paper's best (Table 1). With T > 2 tasks
+      α_D is split equally over the other tasks, so every row still sums to α_S + α_D.
+    * ``alpha_lr_mult``: the learning rate of α is the model's learning rate times this, default 100 (the
+      paper's best range is 10²–10³, Table 2, with SGD); used by ``fit`` through :meth:`param_groups`.
+    """
 
     OPTIONS = ("stitch", "granularity", "alpha_init", "alpha_lr_mult")
 
@@ -53,6 +57,8 @@ class CrossStitchNetwork(MultiTaskModel):
                  alpha_init: tuple[float, float] = (0.9, 0.1), alpha_lr_mult: float = 100.0) -> None:
         if len(tasks) < 2:
             raise ValueError(f"cross-stitch networks need at least two tasks, got {list(tasks)}")
+        if len(alpha_init) != 2:
+            raise ValueError(f"alpha_init must be (alpha_same, alpha_diff), got {alpha_init!r}")
         trunks = {name: make_trunk() for name in tasks}
         first = next(iter(trunks.values()))
         if not hasattr(first, "run_stitched"):
