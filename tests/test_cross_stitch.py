@@ -51,9 +51,12 @@ def test_hand_written_backward_is_eq2_and_corrected_eq3_by_hand():
 
 
 @pytest.mark.parametrize("granularity", ["channel", "layer"])
-def test_layer_equals_the_hand_written_function_in_values_and_gradients(granularity):
+@pytest.mark.parametrize("autograd", [True, False], ids=["autograd", "default"])
+def test_layer_equals_the_hand_written_function_in_values_and_gradients(granularity, autograd):
+    """The layer's autograd form (Eq. 1 differentiated by autograd) and its default form equal the
+    hand-written backward."""
     gen = torch.Generator().manual_seed(1)
-    layer = CrossStitch(3, channels=4, granularity=granularity).double()
+    layer = CrossStitch(3, channels=4, granularity=granularity, autograd=autograd).double()
     with torch.no_grad():
         layer.alpha.copy_(torch.rand(layer.alpha.shape, generator=gen, dtype=torch.float64))
     xs = random_inputs(3, (2, 4, 5, 5), gen)

@@ -17,8 +17,10 @@ Two implementations that give the same values and gradients (``tests/test_cross_
 
 * :class:`CrossStitchFunction`: a ``torch.autograd.Function`` whose backward is Eq. 2 and the corrected
   Eq. 3 written out by hand (the reference of the coursework checks);
-* :class:`CrossStitch`: the reusable layer (an ``nn.Module`` holding α); its forward is Eq. 1 in plain
-  tensor operations and autograd derives the backward.
+* :class:`CrossStitch`: the reusable layer (an ``nn.Module`` holding α). By default it runs
+  :class:`CrossStitchFunction`, whose backward makes fewer temporary tensors than autograd's (a training
+  step of a cross-stitch network is measurably faster, ``benchmarks/bench_cross_stitch.py``);
+  ``autograd=True`` computes Eq. 1 in plain tensor operations and lets autograd derive the backward.
 """
 from __future__ import annotations
 
@@ -38,16 +40,18 @@ def _coefficient(alpha: torch.Tensor, i: int, j: int, ndim: int) -> torch.Tensor
     return a  # per layer: a 0-d tensor broadcasts everywhere
 
 
+def _weighted_sum(coefficients: Sequence[torch.Tensor], tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``Σ_k c_k t_k`` into one new tensor (accumulated in place: one allocation, not one per term)."""
+    out = tensors[0] * coefficients[0]
+    for c, t in zip(coefficients[1:], tensors[1:]):
+        out.addcmul_(t, c)
+    return out
+
+
 def mix(alpha: torch.Tensor, xs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Eq. 1, ``x̃_i = Σ_j α_ij x_j``, in differentiable tensor operations (autograd makes the backward)."""
-    ndim = xs[0].dim()
-    out = []
-    for i in range(len(xs)):
-        y = xs[0] * _coefficient(alpha, i, 0, ndim)
-        for j in range(1, len(xs)):
-            y = torch.addcmul(y, xs[j], _coefficient(alpha, i, j, ndim))
-        out.append(y)
-    return out
+    ndim, t = xs[0].dim(), len(xs)
+    return [_weighted_sum([_coefficient(alpha, i, j, ndim) for j in range(t)], xs) for i in range(t)]
 
 
 def check_stitch_inputs(alpha: torch.Tensor, xs: Sequence[torch.Tensor]) -> None:
@@ -84,16 +88,18 @@ class CrossStitchFunction(torch.autograd.Function):
         t, ndim = len(xs), xs[0].dim()
         grad_xs: list[torch.Tensor | None] = [None] * t
         grad_alpha = None
-        if any(ctx.needs_input_grad[1:]):
-            # Eq. 2: dL/dx_j = sum_i alpha_ij dL/dx~_i
-            for j in range(t):
-                if ctx.needs_input_grad[1 + j]:
-                    grad_xs[j] = sum(_coefficient(alpha, i, j, ndim) * grads[i] for i in range(t))
+        # Eq. 2: dL/dx_j = sum_i alpha_ij dL/dx~_i (the transposed matrix)
+        for j in range(t):
+            if ctx.needs_input_grad[1 + j]:
+                grad_xs[j] = _weighted_sum([_coefficient(alpha, i, j, ndim) for i in range(t)], grads)
         if ctx.needs_input_grad[0]:
             # Eq. 3 (corrected): dL/dalpha_ij = sum over batch and locations (and channels) of dL/dx~_i * x_j
             dims = [0] + list(range(2, ndim)) if alpha.dim() == 3 else list(range(ndim))
-            grad_alpha = torch.stack([torch.stack([(grads[i] * xs[j]).sum(dim=dims) for j in range(t)])
-                                      for i in range(t)])
+            product = torch.empty_like(xs[0])  # one buffer for the T^2 products
+            grad_alpha = torch.empty_like(alpha)
+            for i in range(t):
+                for j in range(t):
+                    grad_alpha[i, j] = torch.mul(grads[i], xs[j], out=product).sum(dim=dims)
         return (grad_alpha, *grad_xs)
 
 
@@ -129,19 +135,22 @@ class CrossStitch(nn.Module):
         granularity: ``"channel"`` (α of shape ``(T, T, C)``, the paper's form for segmentation +
             normals) or ``"layer"`` (one ``(T, T)`` matrix for all channels).
         init: ``(α_S, α_D)``; the paper's best is ``(0.9, 0.1)``. See :func:`init_alpha` for T > 2.
+        autograd: differentiate Eq. 1 with autograd instead of the hand-written backward (same values
+            and gradients, slower).
 
     ``forward(xs)`` takes the T activations ``(N, C, *spatial)`` (a list, in task order) and returns the
     T mixtures.
     """
 
     def __init__(self, num_tasks: int, channels: int, granularity: str = "channel",
-                 init: tuple[float, float] = (0.9, 0.1)) -> None:
+                 init: tuple[float, float] = (0.9, 0.1), autograd: bool = False) -> None:
         super().__init__()
         if granularity not in GRANULARITIES:
             raise ValueError(f"unknown granularity {granularity!r}; valid choices: {list(GRANULARITIES)}")
         if len(init) != 2:
             raise ValueError(f"init must be (alpha_same, alpha_diff), got {init!r}")
         self.num_tasks, self.channels, self.granularity = num_tasks, channels, granularity
+        self.autograd = bool(autograd)
         per_channel = channels if granularity == "channel" else None
         self.alpha = nn.Parameter(init_alpha(num_tasks, float(init[0]), float(init[1]), per_channel))
 
@@ -150,7 +159,9 @@ class CrossStitch(nn.Module):
         if xs[0].shape[1] != self.channels:
             raise ValueError(f"cross-stitch expects {self.num_tasks} tensors of shape (N, {self.channels}, ...), "
                              f"got shape {tuple(xs[0].shape)}")
-        return mix(self.alpha, xs)
+        if self.autograd:
+            return mix(self.alpha, xs)
+        return list(CrossStitchFunction.apply(self.alpha, *xs))
 
     def same_and_diff(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per task ``i``: α_S = α_ii and α_D = Σ_{j≠i} α_ij (the weight taken from the other tasks),
@@ -163,4 +174,5 @@ class CrossStitch(nn.Module):
         return same, a.sum(1) - same
 
     def extra_repr(self) -> str:
-        return f"num_tasks={self.num_tasks}, channels={self.channels}, granularity={self.granularity!r}"
+        return (f"num_tasks={self.num_tasks}, channels={self.channels}, granularity={self.granularity!r}, "
+                f"autograd={self.autograd}")
