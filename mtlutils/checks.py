@@ -162,6 +162,72 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
 
 
 # ---------------------------------------------------------------------------------------------------
+# chapter 3
+def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bool = True,
+                                seed: int = 0) -> CheckResult:
+    """Chapter 3 exercise: the backward pass of a two-task cross-stitch unit with one α per layer.
+
+    ``stitch_backward(alpha, x_a, x_b, grad_a, grad_b)`` gets ``alpha = [[α_AA, α_AB], [α_BA, α_BB]]``
+    (shape ``(2, 2)``), the unit's inputs ``x_a, x_b`` (N, C, H, W) and ``grad_a = ∂L/∂x̃_A``,
+    ``grad_b = ∂L/∂x̃_B``, and returns ``(∂L/∂x_A, ∂L/∂x_B, ∂L/∂α)`` (Eq. 2 and the corrected Eq. 3).
+    The result is compared in float64 with :class:`mtlutils.layers.CrossStitchFunction` on random
+    inputs of three shapes, and the student's backward must pass ``torch.autograd.gradcheck``.
+    """
+    from torch.autograd import gradcheck
+
+    from .layers.cross_stitch import CrossStitchFunction, mix
+
+    name = "check_cross_stitch_backward"
+    gen = torch.Generator().manual_seed(seed)
+    worst, swapped, tol = 0.0, True, 1e-10
+    for shape in ((2, 3, 4, 5), (3, 1, 2, 2), (1, 4, 3, 1)):
+        alpha = torch.rand(2, 2, generator=gen, dtype=torch.float64).requires_grad_()
+        xs = [torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2)]
+        grads = [torch.randn(*shape, generator=gen, dtype=torch.float64) for _ in range(2)]
+        torch.autograd.backward(CrossStitchFunction.apply(alpha, *xs), grads)
+        expected = (xs[0].grad, xs[1].grad, alpha.grad)
+        inputs = [t.detach().clone() for t in (alpha, *xs, *grads)]
+        got, failure = _run(name, lambda: stitch_backward(*inputs))
+        if failure is not None:
+            return _report(failure, verbose)
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            return _report(CheckResult(name, False, "must return a tuple (grad_x_a, grad_x_b, grad_alpha)"), verbose)
+        got = tuple(got)
+        if isinstance(got[2], torch.Tensor) and got[2].shape != (2, 2):
+            hint = " (one α per layer: sum over the channels too)" if got[2].dim() == 3 else ""
+            return _report(CheckResult(name, False, f"grad_alpha must have alpha's shape (2, 2), got "
+                                                    f"{tuple(got[2].shape)}{hint}"), verbose)
+        keys = ("grad_x_a", "grad_x_b", "grad_alpha")
+        worst = max(worst, max_error(dict(zip(keys, got)), dict(zip(keys, expected))))
+        swapped = swapped and max_error(got[2], expected[2].T) <= tol < max_error(got[2], expected[2])
+    if worst > tol:
+        message = "differs from the reference"
+        if swapped:
+            message = ("grad_alpha has α_AB and α_BA swapped: that is Eq. 3 as printed in the paper; α_AB "
+                       "multiplies x_B in x̃_A, so ∂L/∂α_AB = Σ ∂L/∂x̃_A · x_B")
+        return _report(CheckResult(name, False, message, worst, tol), verbose)
+
+    class StudentUnit(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, alpha, x_a, x_b):
+            ctx.save_for_backward(alpha, x_a, x_b)
+            return tuple(mix(alpha, [x_a, x_b]))
+
+        @staticmethod
+        def backward(ctx, grad_a, grad_b):
+            grad_x_a, grad_x_b, grad_alpha = stitch_backward(*ctx.saved_tensors, grad_a, grad_b)
+            return grad_alpha, grad_x_a, grad_x_b
+
+    alpha = torch.rand(2, 2, generator=gen, dtype=torch.float64).requires_grad_()
+    xs = [torch.randn(2, 3, 2, 2, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2)]
+    passed, failure = _run(name, lambda: gradcheck(StudentUnit.apply, (alpha, *xs), raise_exception=False))
+    if failure is not None or not passed:
+        return _report(failure or CheckResult(name, False, "fails torch.autograd.gradcheck", worst, tol), verbose)
+    return _report(CheckResult(name, True, "matches the reference and passes gradcheck (float64)", worst, tol),
+                   verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
 # chapter 4 (MTAN and Dynamic Weight Average)
 def check_dwa(dwa_weights: Callable[[torch.Tensor, float], torch.Tensor], verbose: bool = True,
               seed: int = 0) -> CheckResult:

@@ -70,6 +70,41 @@ def test_miou_check():
     assert "not implemented" in check_miou(lambda c: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
 
 
+def test_cross_stitch_backward_check_catches_the_papers_typo():
+    from mtlutils.checks import check_cross_stitch_backward
+
+    def good(alpha, x_a, x_b, grad_a, grad_b):  # Eq. 2 and the corrected Eq. 3, one alpha per layer
+        grad_alpha = torch.stack([torch.stack([(grad_a * x_a).sum(), (grad_a * x_b).sum()]),
+                                  torch.stack([(grad_b * x_a).sum(), (grad_b * x_b).sum()])])
+        return alpha[0, 0] * grad_a + alpha[1, 0] * grad_b, alpha[0, 1] * grad_a + alpha[1, 1] * grad_b, grad_alpha
+
+    def printed(alpha, x_a, x_b, grad_a, grad_b):  # Eq. 3 as printed: dL/dalpha_AB = dL/dx~_B * x_A
+        gx_a, gx_b, grad_alpha = good(alpha, x_a, x_b, grad_a, grad_b)
+        return gx_a, gx_b, grad_alpha.T
+
+    def per_channel(alpha, x_a, x_b, grad_a, grad_b):  # forgot to sum over the channels
+        gx_a, gx_b, _ = good(alpha, x_a, x_b, grad_a, grad_b)
+        return gx_a, gx_b, torch.stack([torch.stack([(g * x).sum((0, 2, 3)) for x in (x_a, x_b)])
+                                        for g in (grad_a, grad_b)])
+
+    def not_transposed(alpha, x_a, x_b, grad_a, grad_b):  # Eq. 2 with alpha instead of its transpose
+        _, _, grad_alpha = good(alpha, x_a, x_b, grad_a, grad_b)
+        return alpha[0, 0] * grad_a + alpha[0, 1] * grad_b, alpha[1, 0] * grad_a + alpha[1, 1] * grad_b, grad_alpha
+
+    def stub(*args):
+        raise NotImplementedError
+
+    result = check_cross_stitch_backward(good, verbose=False)
+    assert result.passed and result.error < 1e-12, result
+    typo = check_cross_stitch_backward(printed, verbose=False)
+    assert not typo.passed and "printed in the paper" in typo.message
+    assert "sum over the channels" in check_cross_stitch_backward(per_channel, verbose=False).message
+    wrong = check_cross_stitch_backward(not_transposed, verbose=False)
+    assert not wrong.passed and wrong.error > 1e-3
+    assert "not implemented" in check_cross_stitch_backward(stub, verbose=False).message
+    assert "must return a tuple" in check_cross_stitch_backward(lambda *a: a[0], verbose=False).message
+
+
 def test_dwa_check():
     from mtlutils.checks import check_dwa
 

@@ -7,5 +7,6 @@ stochastic filter-group convolution with its Gumbel-Softmax sampler (Bragman et 
 from __future__ import annotations
 
 from .attention import AttentionModule
+from .cross_stitch import CrossStitch, CrossStitchFunction
 
-__all__: list[str] = ["AttentionModule"]
+__all__: list[str] = ["CrossStitch", "CrossStitchFunction", "AttentionModule"]

@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 from torch import nn
 
 from ..tasks import Task, as_task_dict
+from .cross_stitch import CrossStitchNetwork
 from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
 from .mtan import MTAN, STAN
 from .segnet import DenseHead, SegNetTrunk
@@ -52,6 +53,7 @@ ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "split_wide": (HardSharedNetwork, {"wide": True}),  # Split-Wide: last stage twice as wide
     "split_deep": (HardSharedNetwork, {"deep": True}),  # Split-Deep: every conv unit doubled
     "dense": (DenseNetwork, {}),                  # Dense: shared net + task nets reading its features
+    "cross_stitch": (CrossStitchNetwork, {}),     # Cross-Stitch: task nets mixed by learned alpha units
     "mtan": (MTAN, {}),                           # MTAN: shared net + per-task attention networks
     "stan": (STAN, {}),                           # STAN: one single-task MTAN per task
 }
@@ -75,7 +77,9 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
         tasks: the tasks (list or ``{name: Task}``); one head per task.
         backbone: one of :data:`BACKBONES`; default chosen from the task kinds (``"vgg"`` for
             image-level tasks, ``"segnet"`` for dense ones).
-        **kwargs: backbone options, e.g. ``in_channels``, ``width`` (channel multiplier), ``hidden``.
+        **kwargs: backbone options, e.g. ``in_channels``, ``width`` (channel multiplier), ``hidden``,
+            and the architecture's own options, named in its class's ``OPTIONS`` (e.g. ``stitch`` of
+            ``cross_stitch``).
 
     Raises:
         ValueError: unknown architecture or backbone name (the message lists the valid ones).
@@ -87,8 +91,9 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid choices: {sorted(BACKBONES)}")
     cls, implied = ARCHS[arch]
+    options = {k: kwargs.pop(k) for k in getattr(cls, "OPTIONS", ()) if k in kwargs}
     make_trunk, make_head = BACKBONES[backbone](**{**implied, **kwargs})
-    return cls(task_dict, make_trunk, make_head)
+    return cls(task_dict, make_trunk, make_head, **options)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
