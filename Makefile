@@ -17,7 +17,7 @@ help:
 	@echo "make book-student  build the book with solutions hidden into _build/student/html"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
-	@echo "make reproduce     run every grid in experiments/ (resumable) and rewrite results/ (NPROC=2: torchrun)"
+	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS grids at a time; NPROC=2: torchrun)"
 	@echo "make clean         remove _build (make clean-all also removes .venv and data caches)"
 
 # The virtual environment, created with the Python that runs make; reinstalled when the requirements change.
@@ -69,15 +69,22 @@ bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 # Every experiment grid (experiments/*.toml): finished runs are skipped, interrupted ones resume.
-# NPROC=N launches N processes with torchrun (DistributedDataParallel; one GPU each when CUDA is present).
+# The grids run in parallel, JOBS at a time, each process on one CPU thread (small networks use one core
+# better than two threads do). NPROC=N instead trains every run with N processes (torchrun +
+# DistributedDataParallel; one GPU each when CUDA is present), one grid after the other.
 NPROC ?= 1
+JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 EXPERIMENTS ?= $(sort $(wildcard experiments/*.toml))
 reproduce: $(STAMP)
 ifeq ($(NPROC),1)
-	MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run $(EXPERIMENTS)
+	@start=$$(date +%s); $(MAKE) --no-print-directory -j$(JOBS) $(EXPERIMENTS:experiments/%.toml=reproduce-%) && \
+	  echo "reproduce: finished in $$(( $$(date +%s) - start )) s"
 else
 	MTL_PROFILE=$(PROFILE) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m mtlutils.experiments run $(EXPERIMENTS)
 endif
+
+reproduce-%: $(STAMP)
+	OMP_NUM_THREADS=1 MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run experiments/$*.toml --no-progress
 
 clean:
 	rm -rf _build

@@ -52,7 +52,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import distributed
 from . import weighting as W
 from .config import PROFILE, PROFILES, seed_everything
-from .metrics import HIGHER_IS_BETTER, delta_mtl
+from .metrics import delta_mtl
 from .tasks import TASKS, Task, seg_task
 
 REPO = Path(__file__).resolve().parents[1]
@@ -279,7 +279,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
             command: str, progress: bool = True) -> dict[str, Any]:
     """Train one run (resuming from its checkpoint) and write its result file; returns the result."""
     from .models import count_parameters, create
-    from .train import fit
+    from .train import NonFiniteLossError, fit, load_checkpoint
 
     resolved = run_config(cfg, run)
     train_cfg = resolved["train"]
@@ -291,21 +291,32 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
     model = distributed.prepare_model(model, device)
     train_loader, val_loader = make_loaders(train_set, val_set, int(train_cfg["batch_size"]), run.seed)
     began = time.perf_counter()
-    history = fit(model, train_loader, tasks, weighting, epochs=int(train_cfg["epochs"]), lr=float(train_cfg["lr"]),
-                  optimizer=train_cfg["optimizer"], weight_decay=float(train_cfg["weight_decay"]),
-                  scheduler=_scheduler(train_cfg), val_data=val_loader, device=device, seed=run.seed,
-                  checkpoint=checkpoints / f"{run.id}.pt", resume=True, progress=progress, label=run.id,
-                  grad_clip=train_cfg.get("grad_clip"))
+    checkpoint = checkpoints / f"{run.id}.pt"
+    status, error = "finished", None
+    try:
+        history = fit(model, train_loader, tasks, weighting, epochs=int(train_cfg["epochs"]),
+                      lr=float(train_cfg["lr"]), optimizer=train_cfg["optimizer"],
+                      weight_decay=float(train_cfg["weight_decay"]), scheduler=_scheduler(train_cfg),
+                      val_data=val_loader, device=device, seed=run.seed, checkpoint=checkpoint, resume=True,
+                      progress=progress, label=run.id, grad_clip=train_cfg.get("grad_clip"))
+    except NonFiniteLossError as err:  # a result too (the cross-stitch paper's "higher rates diverged")
+        from .train import History
+
+        status, error = "diverged", str(err)
+        history = History.from_state(load_checkpoint(checkpoint)["history"]) if checkpoint.is_file() else History()
     wall = time.perf_counter() - began
     last = int(train_cfg["last_epochs"])
     result = {
         "format": RESULT_FORMAT, "run": run.id, "experiment": cfg["name"], "command": command,
         "config": resolved, "config_hash": config_hash(resolved), "git_commit": _git_commit(),
         "seed": run.seed, "device": str(device), "processes": distributed.world()[1],
+        "threads": torch.get_num_threads(),
         "versions": _versions(), "wall_time_s": round(wall, 2),
         "seconds_per_epoch": [round(s, 3) for s in history.seconds], "parameters": n_params,
         "protocol": f"mean of the last {last} epoch(s)' validation metrics (dataset-wide)",
-        "metrics": protocol_metrics(history.rows, last), "history": history.rows,
+        "status": status, "error": error,
+        "metrics": protocol_metrics(history.rows, last) if status == "finished" else {},
+        "history": history.rows,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if distributed.is_main():
@@ -350,8 +361,8 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
             continue
         say(f"[{k}/{len(runs)}] {run.id}: training")
         result = execute(cfg, run, results, checkpoints, device, command, progress)
-        say(f"[{k}/{len(runs)}] {run.id}: {result['wall_time_s']:.0f} s, "
-            + ", ".join(f"{m} {v:.4g}" for m, v in result["metrics"].items()))
+        outcome = ", ".join(f"{m} {v:.4g}" for m, v in result["metrics"].items()) or result["error"]
+        say(f"[{k}/{len(runs)}] {run.id}: {result['status']} in {result['wall_time_s']:.0f} s: {outcome}")
         written.append(path)
     return written
 
@@ -371,15 +382,18 @@ def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> li
 
 def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "single"):
     """A table with one row per (data, model, weighting): mean and std over seeds of every metric,
-    the number of seeds, parameters, seconds per epoch, and Δ_MTL (in %) of the means against the
-    ``baseline`` model of the same data (equal weighting)."""
+    the number of seeds that finished and that diverged, parameters, seconds per epoch, and Δ_MTL (in %) of
+    the means against the ``baseline`` model of the same data (equal weighting). Diverged runs have no
+    metrics and do not enter the means."""
     import pandas as pd
 
     if not results:
         raise ValueError("no results to summarise: run the grid first")
     records = [{"data": r["config"]["data_name"], "model": r["config"]["model"],
                 "weighting": r["config"]["weighting"], "seed": r["seed"], "parameters": r["parameters"],
-                "seconds_per_epoch": float(np.mean(r["seconds_per_epoch"])), **r["metrics"]} for r in results]
+                "diverged": int(r.get("status") == "diverged"),
+                "seconds_per_epoch": float(np.mean(r["seconds_per_epoch"])) if r["seconds_per_epoch"] else np.nan,
+                **r["metrics"]} for r in results]
     frame = pd.DataFrame.from_records(records)
     metric_cols = [c for c in frame.columns if "/" in c]
     keys = ["data", "model", "weighting"]
@@ -387,7 +401,8 @@ def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "sing
     table = grouped[metric_cols].mean()
     std = grouped[metric_cols].std(ddof=1).fillna(0.0)
     table = table.join(std.add_suffix(" std"))
-    table["seeds"] = grouped["seed"].count()
+    table["seeds"] = grouped["seed"].count() - grouped["diverged"].sum()
+    table["diverged"] = grouped["diverged"].sum()
     table["parameters"] = grouped["parameters"].first()
     table["seconds_per_epoch"] = grouped["seconds_per_epoch"].mean()
     if baseline is not None:
@@ -396,8 +411,10 @@ def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "sing
             base_key = (data, baseline, "equal")
             if base_key in table.index:
                 base = table.loc[base_key, metric_cols]
-                ok = {m: row[m] for m in metric_cols if m.split("/")[-1] in HIGHER_IS_BETTER and not math.isnan(row[m])}
-                deltas.append(delta_mtl(ok, {m: base[m] for m in ok}))
+                usable = [m for m in metric_cols  # a relative change needs a finite, non-zero baseline
+                          if math.isfinite(row[m]) and math.isfinite(base[m]) and base[m] != 0]
+                deltas.append(delta_mtl({m: row[m] for m in usable}, {m: base[m] for m in usable})
+                              if usable else float("nan"))
             else:
                 deltas.append(float("nan"))
         table["delta_mtl_%"] = deltas

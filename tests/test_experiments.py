@@ -124,3 +124,15 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(config, tmp_path, monkey
     resumed = E.execute(cfg, run, results, ckpt, E.distributed.setup(), "test", False)
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
+
+
+def test_a_diverging_run_is_recorded_as_such_and_left_out_of_the_means(config, tmp_path):
+    text = config.read_text().replace("width = 0.25", 'width = 0.25\noptimizer = "sgd"\nlr = 1e9')
+    config.write_text(text.replace('models = ["single", "split"]', 'models = ["split"]'))
+    cfg = E.load_config(config, "full")
+    files = E.run_grid(cfg, tmp_path / "results", tmp_path / "ckpt", progress=False)
+    records = [json.loads(f.read_text()) for f in files]
+    assert [r["status"] for r in records] == ["diverged", "diverged"]
+    assert all("loss of task" in r["error"] and r["metrics"] == {} for r in records)
+    table = E.summarise(records, baseline=None)
+    assert table.loc[0, "diverged"] == 2 and table.loc[0, "seeds"] == 0
