@@ -9,7 +9,9 @@ A config file (see ``experiments/*.toml``) holds
 
 * ``name`` (results go to ``results/<name>/``), ``description``, ``baseline`` (the model that Δ_MTL is
   measured against, usually ``"single"``);
-* ``[data.<name>]``: ``kind`` (:data:`DATA_KINDS`) and its options (sizes, classes, ``n_train`` ...);
+* ``[data.<name>]``: ``kind`` (:data:`DATA_KINDS`) and its options (sizes, classes, ``n_train`` ...),
+  optionally ``train`` overrides and ``model_options.<model>`` (model options that depend on the data,
+  e.g. a regulariser scaled by the number of training images);
 * ``[train]``: ``epochs``, ``batch_size`` (global), ``lr``, ``optimizer``, ``weight_decay``, ``scheduler``
   (``"cosine"``, ``"step"`` or ``"none"``), ``width``, ``last_epochs`` (the protocol: metrics are the mean
   of the last N epochs' validation metrics, as the MTAN paper averages its last 10 epochs);
@@ -214,6 +216,7 @@ def run_config(cfg: Mapping[str, Any], run: Run) -> dict[str, Any]:
     from .models import ARCHS
 
     spec = dict(cfg.get("models", {}).get(run.model, {}))
+    data_section = cfg["data"][run.data]
     arch = spec.get("arch", run.model)
     if arch not in ARCHS:
         raise ValueError(f"model {run.model!r}: unknown architecture {arch!r}; valid choices: {sorted(ARCHS)}")
@@ -221,10 +224,11 @@ def run_config(cfg: Mapping[str, Any], run: Run) -> dict[str, Any]:
         raise ValueError(f"unknown weighting {run.weighting!r}; valid choices: {sorted(W.WEIGHTINGS)}")
     train = _merge(DEFAULT_TRAIN, cfg.get("train", {}))
     train = _merge(train, spec.get("train", {}))
-    train = _merge(train, cfg.get("data", {}).get(run.data, {}).get("train", {}))
-    data = {k: v for k, v in cfg["data"][run.data].items() if k != "train"}
+    train = _merge(train, data_section.get("train", {}))
+    data = {k: v for k, v in data_section.items() if k not in ("train", "model_options")}
+    options = _merge(spec.get("options", {}), data_section.get("model_options", {}).get(run.model, {}))
     return {"experiment": cfg["name"], "run": run.id, "data_name": run.data, "data": data, "model": run.model,
-            "arch": arch, "options": spec.get("options", {}), "weighting": run.weighting,
+            "arch": arch, "options": options, "weighting": run.weighting,
             "weighting_options": cfg.get("weighting_options", {}).get(run.weighting, {}), "seed": run.seed,
             "train": train, "profile": cfg["profile"]}
 
@@ -380,11 +384,9 @@ def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> li
     return out
 
 
-def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "single"):
-    """A table with one row per (data, model, weighting): mean and std over seeds of every metric,
-    the number of seeds that finished and that diverged, parameters, seconds per epoch, and Δ_MTL (in %) of
-    the means against the ``baseline`` model of the same data (equal weighting). Diverged runs have no
-    metrics and do not enter the means."""
+def runs_frame(results: Sequence[Mapping[str, Any]]):
+    """One row per run: ``data``, ``model``, ``weighting``, ``seed``, ``parameters``, ``diverged`` (0/1),
+    ``seconds_per_epoch`` and the metrics (``<task>/<metric>``, empty for a diverged run)."""
     import pandas as pd
 
     if not results:
@@ -394,8 +396,42 @@ def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "sing
                 "diverged": int(r.get("status") == "diverged"),
                 "seconds_per_epoch": float(np.mean(r["seconds_per_epoch"])) if r["seconds_per_epoch"] else np.nan,
                 **r["metrics"]} for r in results]
-    frame = pd.DataFrame.from_records(records)
-    metric_cols = [c for c in frame.columns if "/" in c]
+    return pd.DataFrame.from_records(records)
+
+
+def _metric_columns(frame) -> list[str]:
+    return [c for c in frame.columns if "/" in c and not c.endswith(" std")]
+
+
+def _delta(row: Mapping[str, float], base: Mapping[str, float], metrics: Sequence[str]) -> float:
+    """Δ_MTL over the metrics with a finite, non-zero baseline (a relative change needs one)."""
+    usable = [m for m in metrics if math.isfinite(row[m]) and math.isfinite(base[m]) and base[m] != 0]
+    return delta_mtl({m: row[m] for m in usable}, {m: base[m] for m in usable}) if usable else float("nan")
+
+
+def deltas_per_run(results: Sequence[Mapping[str, Any]], baseline: str = "single"):
+    """:func:`runs_frame` with a ``delta_mtl_%`` column: each run against the ``baseline`` model's mean
+    over seeds (same data, equal weighting), so that the spread of Δ_MTL over seeds can be read."""
+    frame = runs_frame(results)
+    metrics = _metric_columns(frame)
+    means = frame[frame["diverged"] == 0].groupby(["data", "model", "weighting"])[metrics].mean()
+    deltas = []
+    for _, row in frame.iterrows():
+        key = (row["data"], baseline, "equal")
+        deltas.append(_delta(row, means.loc[key], metrics) if key in means.index and not row["diverged"]
+                      else float("nan"))
+    frame["delta_mtl_%"] = deltas
+    return frame
+
+
+def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "single"):
+    """A table with one row per (data, model, weighting): mean and std over seeds of every metric,
+    the number of seeds that finished and that diverged, parameters, seconds per epoch, and Δ_MTL (in %) of
+    the means against the ``baseline`` model of the same data (equal weighting). Diverged runs have no
+    metrics and do not enter the means; a metric whose baseline mean is 0 (no relative change defined)
+    is left out of Δ_MTL."""
+    frame = runs_frame(results)
+    metric_cols = _metric_columns(frame)
     keys = ["data", "model", "weighting"]
     grouped = frame.groupby(keys, sort=False)
     table = grouped[metric_cols].mean()
@@ -406,18 +442,9 @@ def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "sing
     table["parameters"] = grouped["parameters"].first()
     table["seconds_per_epoch"] = grouped["seconds_per_epoch"].mean()
     if baseline is not None:
-        deltas = []
-        for (data, model, weighting), row in table.iterrows():
-            base_key = (data, baseline, "equal")
-            if base_key in table.index:
-                base = table.loc[base_key, metric_cols]
-                usable = [m for m in metric_cols  # a relative change needs a finite, non-zero baseline
-                          if math.isfinite(row[m]) and math.isfinite(base[m]) and base[m] != 0]
-                deltas.append(delta_mtl({m: row[m] for m in usable}, {m: base[m] for m in usable})
-                              if usable else float("nan"))
-            else:
-                deltas.append(float("nan"))
-        table["delta_mtl_%"] = deltas
+        table["delta_mtl_%"] = [_delta(row, table.loc[(data, baseline, "equal")], metric_cols)
+                                if (data, baseline, "equal") in table.index else float("nan")
+                                for (data, _, _), row in table.iterrows()]
     return table.reset_index()
 
 

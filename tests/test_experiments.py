@@ -136,3 +136,23 @@ def test_a_diverging_run_is_recorded_as_such_and_left_out_of_the_means(config, t
     assert all("loss of task" in r["error"] and r["metrics"] == {} for r in records)
     table = E.summarise(records, baseline=None)
     assert table.loc[0, "diverged"] == 2 and table.loc[0, "seeds"] == 0
+
+
+def test_per_run_deltas_spread_around_the_table_value(config, tmp_path):
+    cfg = E.load_config(config, "full")
+    E.run_grid(cfg, tmp_path / "results", tmp_path / "ckpt", progress=False)
+    results = E.load_results(cfg, tmp_path / "results")
+    per_run = E.deltas_per_run(results, "single")
+    table = E.summarise(results, "single")
+    single = per_run[per_run["model"] == "single"]["delta_mtl_%"]
+    assert abs(single.mean()) < 1e-9          # the baseline's seeds straddle its own mean (Δ is linear)
+    split = per_run[per_run["model"] == "split"]["delta_mtl_%"]
+    assert split.mean() == pytest.approx(float(table.loc[table["model"] == "split", "delta_mtl_%"].iloc[0]))
+
+
+def test_data_sections_can_set_model_options(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG + '\n[data.digits.model_options.split]\nhidden = 8\n')
+    cfg = E.load_config(path, "full")
+    assert E.run_config(cfg, E.Run("digits", "split", "equal", 0))["options"] == {"hidden": 8}
+    assert "model_options" not in E.run_config(cfg, E.Run("digits", "split", "equal", 0))["data"]
