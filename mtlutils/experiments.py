@@ -19,7 +19,8 @@ A config file (see ``experiments/*.toml``) holds
   overrides; a grid entry that names an architecture directly needs no section;
 * ``[grid]``: lists ``data``, ``models``, ``weightings``, ``seeds``; models listed in ``single_task``
   (default ``["single", "stan"]``) run with ``equal`` weighting only, since a weighting of one loss per
-  network changes nothing but the learning-rate scale;
+  network changes nothing but the learning-rate scale; if ``weighted_models`` is given, only those models
+  run with every weighting and the others with ``equal`` only (a smaller grid);
 * ``[profile.quick]`` / ``[profile.paper]``: nested overrides for a profile (``MTL_PROFILE``).
 
 Each finished run writes ``results/<name>/runs/<run id>.json``: the command, the resolved config and its
@@ -198,13 +199,17 @@ def grid(cfg: Mapping[str, Any]) -> list[Run]:
             if values.count(v) > 1:
                 raise ValueError(f"grid {key} lists {v!r} twice")
     single = set(g.get("single_task", ["single", "stan"]))
+    weighted = set(g.get("weighted_models", g["models"]))
+    unknown = weighted - set(g["models"])
+    if unknown:
+        raise ValueError(f"grid weighted_models {sorted(unknown)} are not in grid models {g['models']}")
     runs = []
     for data in g["data"]:
         if data not in cfg["data"]:
             raise ValueError(f"grid data {data!r} has no [data.{data}] section")
         for model in g["models"]:
             for weighting in g.get("weightings", ["equal"]):
-                if model in single and weighting != "equal":
+                if weighting != "equal" and (model in single or model not in weighted):
                     continue
                 for seed in g.get("seeds", [0]):
                     runs.append(Run(data, model, weighting, int(seed)))
@@ -289,7 +294,8 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
     train_cfg = resolved["train"]
     train_set, val_set, tasks = build_data(resolved["data"])
     seed_everything(run.seed)
-    model = create(resolved["arch"], tasks, width=train_cfg["width"], **resolved["options"])
+    options = {"in_channels": int(train_set[0]["image"].shape[0]), **resolved["options"]}  # from the data
+    model = create(resolved["arch"], tasks, width=train_cfg["width"], **options)
     n_params = count_parameters(model)
     weighting = W.create(run.weighting, tasks, **resolved["weighting_options"])
     model = distributed.prepare_model(model, device)
