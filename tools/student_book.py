@@ -31,6 +31,8 @@ def make_source(target: Path) -> None:
     target.mkdir(parents=True)
     shutil.copytree(REPO / "book", target / "book")
     shutil.copy(REPO / "_toc.yml", target / "_toc.yml")
+    (target / "data").mkdir()
+    shutil.copy(REPO / "data" / "README.md", target / "data" / "README.md")  # included by book/datasets.md
     config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
     config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
     config["title"] = f"{config.get('title', 'mtl-book')} (student edition)"
