@@ -16,6 +16,7 @@ from torch import nn
 from ..tasks import Task, as_task_dict
 from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
 from .segnet import DenseHead, SegNetTrunk
+from .sfg import SFGNetwork
 from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
 
 __all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel"]
@@ -51,6 +52,7 @@ ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "split_wide": (HardSharedNetwork, {"wide": True}),  # Split-Wide: last stage twice as wide
     "split_deep": (HardSharedNetwork, {"deep": True}),  # Split-Deep: every conv unit doubled
     "dense": (DenseNetwork, {}),                  # Dense: shared net + task nets reading its features
+    "sfg": (SFGNetwork, {}),                      # Stochastic Filter Groups: learned kernel grouping
 }
 
 
@@ -72,7 +74,9 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
         tasks: the tasks (list or ``{name: Task}``); one head per task.
         backbone: one of :data:`BACKBONES`; default chosen from the task kinds (``"vgg"`` for
             image-level tasks, ``"segnet"`` for dense ones).
-        **kwargs: backbone options, e.g. ``in_channels``, ``width`` (channel multiplier), ``hidden``.
+        **kwargs: backbone options, e.g. ``in_channels``, ``width`` (channel multiplier), ``hidden``,
+            and the architecture's own options, named in its class's ``OPTIONS`` (e.g. ``stitch`` of
+            ``cross_stitch``).
 
     Raises:
         ValueError: unknown architecture or backbone name (the message lists the valid ones).
@@ -84,8 +88,9 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
     if backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; valid choices: {sorted(BACKBONES)}")
     cls, implied = ARCHS[arch]
+    options = {k: kwargs.pop(k) for k in getattr(cls, "OPTIONS", ()) if k in kwargs}
     make_trunk, make_head = BACKBONES[backbone](**{**implied, **kwargs})
-    return cls(task_dict, make_trunk, make_head)
+    return cls(task_dict, make_trunk, make_head, **options)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
