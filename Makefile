@@ -7,7 +7,7 @@ JB     := $(BIN)/jupyter-book
 PROFILE ?= $(or $(MTL_PROFILE),full)
 
 .PHONY: help venv book book-quick book-student test unit nbval book-check-build check-book assignments \
-        serve bench clean clean-all
+        serve bench reproduce clean clean-all
 
 help:
 	@echo "make book          build the book (executes every chapter, profile '$(PROFILE)') into _build/html"
@@ -17,6 +17,7 @@ help:
 	@echo "make book-student  build the book with solutions hidden into _build/student/html"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
+	@echo "make reproduce     run every grid in experiments/ (resumable) and rewrite results/ (NPROC=2: torchrun)"
 	@echo "make clean         remove _build (make clean-all also removes .venv and data caches)"
 
 # The virtual environment, created with the Python that runs make; reinstalled when the requirements change.
@@ -66,6 +67,17 @@ serve:
 
 bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# Every experiment grid (experiments/*.toml): finished runs are skipped, interrupted ones resume.
+# NPROC=N launches N processes with torchrun (DistributedDataParallel; one GPU each when CUDA is present).
+NPROC ?= 1
+EXPERIMENTS ?= $(sort $(wildcard experiments/*.toml))
+reproduce: $(STAMP)
+ifeq ($(NPROC),1)
+	MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run $(EXPERIMENTS)
+else
+	MTL_PROFILE=$(PROFILE) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m mtlutils.experiments run $(EXPERIMENTS)
+endif
 
 clean:
 	rm -rf _build

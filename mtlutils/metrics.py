@@ -45,11 +45,26 @@ class Metric:
     def compute(self) -> dict[str, float]:  # pragma: no cover
         raise NotImplementedError
 
+    def merge(self, other: "Metric") -> None:
+        """Add the state of ``other`` (same class and settings, e.g. another process's shard of the
+        evaluation set) to this one, as if every ``update`` of ``other`` had been made here."""
+        if type(other) is not type(self):
+            raise TypeError(f"cannot merge {type(other).__name__} into {type(self).__name__}")
+        for name in self._summed:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        for name in self._listed:
+            getattr(self, name).extend(getattr(other, name))
+
+    # names of the state attributes that add up, and of the lists that concatenate, under merge
+    _summed: tuple[str, ...] = ()
+    _listed: tuple[str, ...] = ()
+
 
 class ClassMetrics(Metric):
     """Classification accuracy (in %) of logits ``(N, C)`` against integer labels ``(N,)``."""
 
     names = ("accuracy",)
+    _summed = ("correct", "count")
 
     def reset(self) -> None:
         self.correct = 0
@@ -72,6 +87,7 @@ class RegressMetrics(Metric):
     """Mean absolute error and root mean squared error of predictions ``(N,)`` or ``(N, 1)``."""
 
     names = ("mae", "rmse")
+    _summed = ("abs_sum", "sq_sum", "count")
 
     def reset(self) -> None:
         self.abs_sum = 0.0
@@ -139,6 +155,8 @@ class SegMetrics(Metric):
     """
 
     names = ("miou", "pixacc")
+    _summed = ("confusion",)
+    _listed = ("batch_values",)
 
     def __init__(self, num_classes: int, per_batch: bool = False) -> None:
         if int(num_classes) != num_classes or num_classes < 1:
@@ -247,6 +265,8 @@ class DepthMetrics(Metric):
     """
 
     names = ("abs_err", "rel_err")
+    _summed = ("abs_sum", "rel_sum", "count")
+    _listed = ("batch_values",)
 
     def __init__(self, per_batch: bool = False) -> None:
         self.per_batch = bool(per_batch)
@@ -296,6 +316,8 @@ class NormalMetrics(Metric):
 
     THRESHOLDS: tuple[float, ...] = (11.25, 22.5, 30.0)
     names = ("mean", "median", "within_11.25", "within_22.5", "within_30")
+    _summed = ("angle_sum", "count")
+    _listed = ("angles", "batch_values")
 
     def __init__(self, per_batch: bool = False) -> None:
         self.per_batch = bool(per_batch)
@@ -326,6 +348,10 @@ class NormalMetrics(Metric):
         self.count += n
         if self.per_batch and n:
             self.batch_values.append(self._summary(float(angles.sum()) / n, _median(stored), within, n))
+
+    def merge(self, other: Metric) -> None:
+        super().merge(other)
+        self.within = [a + b for a, b in zip(self.within, other.within)]  # type: ignore[attr-defined]
 
     def _summary(self, mean: float, median: float, within: list[int], n: int) -> dict[str, float]:
         out = {"mean": mean, "median": median}

@@ -24,6 +24,12 @@ Optional model hooks (duck-typed, so any ``nn.Module`` works without them):
 * ``model.on_train_step(step)``: called before every training step with the global step (0-based, counted
   over all epochs), e.g. to anneal a temperature. It must depend on ``step`` only, so that a resumed run
   equals an uninterrupted one.
+
+Several processes (``torchrun``, see :mod:`mtlutils.distributed`): pass a model prepared with
+:func:`~mtlutils.distributed.prepare_model` and data from a
+:class:`~mtlutils.distributed.ShardedBatchSampler`; the loop then sums the epoch's losses and merges the
+metrics of all processes, averages the gradients of the weighting's own parameters, and only the main
+process writes checkpoints and shows progress. The hooks above are looked up on the wrapped model.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ from typing import Any, Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from . import distributed
 from .config import get_device
 from .progress import Progress
 from .tasks import Task, as_task_dict
@@ -165,7 +172,8 @@ def evaluate(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task]
     """Mean unweighted loss and metrics of every task over ``data`` (model in eval mode).
 
     Returns a flat dict ``{"<task>/loss": ..., "<task>/<metric>": ...}``. Losses are averaged per
-    sample over the whole set; metrics are accumulated over the whole set.
+    sample over the whole set; metrics are accumulated over the whole set (over the shards of all
+    processes when several train together).
     """
     tasks = as_task_dict(list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks))
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -183,6 +191,9 @@ def evaluate(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task]
             sums[name] += float(losses[name]) * n
             metrics[name].update(preds[name], batch[name])
     model.train(was_training)
+    *loss_sums, count = distributed.all_reduce_sums([sums[name] for name in tasks] + [count])
+    sums = dict(zip(tasks, loss_sums))
+    distributed.merge_metrics(metrics)
     if count == 0:
         raise ValueError("evaluate() got no data")
     out: dict[str, float] = {}
@@ -248,9 +259,10 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     model.to(device)
     weighting.to(device)
     extra = [p for p in weighting.parameters() if p.requires_grad]
+    inner = distributed.unwrap(model)
     params: list = [p for p in model.parameters() if p.requires_grad]
-    if callable(getattr(model, "param_groups", None)):
-        params = list(model.param_groups(lr))
+    if callable(getattr(inner, "param_groups", None)):
+        params = list(inner.param_groups(lr))
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
     known = {id(p) for group in opt.param_groups for p in group["params"]}
     if extra and not all(id(p) in known for p in extra):
@@ -261,7 +273,7 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     start = 0
     if checkpoint is not None and resume and Path(checkpoint).is_file():
         state = load_checkpoint(checkpoint, map_location=device)
-        model.load_state_dict(state["model"])
+        inner.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         weighting.load_state_dict(state["weighting"])
         if sched is not None and state.get("scheduler") is not None:
@@ -271,7 +283,8 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
 
     steps = _steps_per_epoch(data, needed=False)
     prefix = f"{label} · " if label else ""
-    bar = Progress(total=steps * epochs, desc=f"{prefix}epoch {start}/{epochs}", enabled=progress)
+    bar = Progress(total=steps * epochs, desc=f"{prefix}epoch {start}/{epochs}",
+                   enabled=progress and distributed.is_main())
     bar.n = steps * start
     try:
         for epoch in range(start + 1, epochs + 1):
@@ -288,9 +301,9 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
             history.seconds.append(time.perf_counter() - began)
             if val_data is not None:
                 bar.update(0, **{f"val {name}": row[f"val/{name}/loss"] for name in tasks})
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.is_main():
                 save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "seed": seed,
-                                 "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                 "model": inner.state_dict(), "optimizer": opt.state_dict(),
                                  "weighting": weighting.state_dict(),
                                  "scheduler": sched.state_dict() if sched is not None else None,
                                  "history": history.state()}, checkpoint)
@@ -326,8 +339,10 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
     count = 0
     row: dict[str, float] = {"epoch": float(epoch)}
     row.update({f"weight/{k}": float(v) for k, v in weighting.weights().items()})
-    on_step = getattr(model, "on_train_step", None)
-    regularization = getattr(model, "regularization", None)
+    inner = distributed.unwrap(model)
+    on_step = getattr(inner, "on_train_step", None)
+    regularization = getattr(inner, "regularization", None)
+    own_params = [p for p in weighting.parameters() if p.requires_grad]
     first_step = (epoch - 1) * _steps_per_epoch(data, needed=callable(on_step))
     reg_sum = 0.0
     for step, batch in enumerate(data, start=1):
@@ -349,6 +364,7 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
             raise NonFiniteLossError(f"the weighted total loss is {float(total.detach())} at epoch {epoch}, step {step}")
         opt.zero_grad(set_to_none=True)
         total.backward()
+        distributed.average_gradients(own_params)
         if grad_clip is not None:
             params = [p for group in opt.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -359,13 +375,17 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
             sums[name] += float(losses[name].detach()) * n
             metrics[name].update(preds[name].detach(), batch[name])
         bar.update(1, **{name: sums[name] / count for name in tasks})
+    *loss_sums, reg_sum, steps, count = distributed.all_reduce_sums(
+        [sums[name] for name in tasks] + [reg_sum, step if count else 0, count])
+    sums = dict(zip(tasks, loss_sums))
+    distributed.merge_metrics(metrics)
     if count == 0:
         raise ValueError("the training data yielded no batch")
     for name in tasks:
         row[f"train/{name}/loss"] = sums[name] / count
         row.update({f"train/{name}/{k}": v for k, v in metrics[name].compute().items()})
     if callable(regularization):
-        row["train/model/regularization"] = reg_sum / step
+        row["train/model/regularization"] = reg_sum / steps
     if any(not math.isfinite(v) for v in row.values()):  # metrics can only be non-finite on bad data
         raise NonFiniteLossError(f"non-finite value in the epoch {epoch} record: {row}")
     return row

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from mtlutils.metrics import HIGHER_IS_BETTER, DepthMetrics, NormalMetrics, SegMetrics, delta_mtl
+from mtlutils.metrics import (HIGHER_IS_BETTER, ClassMetrics, DepthMetrics, NormalMetrics, RegressMetrics, SegMetrics,
+                              delta_mtl)
 
 
 def one_hot_logits(labels: torch.Tensor, c: int) -> torch.Tensor:
@@ -314,3 +315,42 @@ def test_reset_gradients_and_delta_mtl_directions():
     base = {"seg/miou": 50.0, "depth/abs_err": 1.0, "normal/median": 20.0, "normal/within_30": 50.0}
     model = {"seg/miou": 55.0, "depth/abs_err": 0.9, "normal/median": 18.0, "normal/within_30": 55.0}
     assert delta_mtl(model, base) == pytest.approx(10.0)
+
+
+@pytest.mark.parametrize("per_batch", [False, True])
+def test_merging_shards_equals_one_pass(per_batch):
+    """What a process group does at evaluation: each process updates on its shard, then the states merge."""
+    gen = torch.Generator().manual_seed(5)
+    batches = []
+    for _ in range(6):
+        logits = torch.randn(2, 4, 5, 6, generator=gen)
+        labels = torch.randint(-1, 4, (2, 5, 6), generator=gen)
+        depth_t = torch.rand(2, 1, 5, 6, generator=gen) * (torch.rand(2, 1, 5, 6, generator=gen) > 0.2)
+        normal_t = torch.nn.functional.normalize(torch.randn(2, 3, 5, 6, generator=gen), dim=1)
+        batches.append((logits, labels, torch.rand(2, 1, 5, 6, generator=gen), depth_t,
+                        torch.randn(2, 3, 5, 6, generator=gen), normal_t))
+
+    def make():
+        return [SegMetrics(4, per_batch=per_batch), DepthMetrics(per_batch=per_batch),
+                NormalMetrics(per_batch=per_batch), ClassMetrics(), RegressMetrics()]
+
+    def feed(metrics, subset):
+        for logits, labels, depth_p, depth_t, normal_p, normal_t in subset:
+            metrics[0].update(logits, labels)
+            metrics[1].update(depth_p, depth_t)
+            metrics[2].update(normal_p, normal_t)
+            metrics[3].update(logits[:, :, 0, 0], labels[:, 0, 0].clamp_min(0))
+            metrics[4].update(depth_p[:, 0, 0, 0], depth_t[:, 0, 0, 0])
+
+    whole, left, right = make(), make(), make()
+    feed(whole, batches)
+    feed(left, batches[::2])
+    feed(right, batches[1::2])
+    for a, b, c in zip(left, right, whole):
+        a.merge(b)
+        got, expected = a.compute(), c.compute()
+        assert got.keys() == expected.keys()
+        for key in got:
+            assert got[key] == pytest.approx(expected[key], rel=1e-12, abs=1e-9), (type(a).__name__, key)
+    with pytest.raises(TypeError, match="cannot merge"):
+        whole[1].merge(whole[2])

@@ -1,0 +1,126 @@
+"""The experiment runner: config and profiles, the grid, result provenance, skipping and resuming, tables."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mtlutils import experiments as E
+
+CONFIG = """
+name = "unit"
+description = "tiny grid for the tests"
+baseline = "single"
+[data.digits]
+kind = "multidigits"
+n_train = 48
+n_val = 32
+[train]
+epochs = 2
+batch_size = 16
+width = 0.25
+last_epochs = 2
+[grid]
+data = ["digits"]
+models = ["single", "split"]
+weightings = ["equal", "other"]
+seeds = [0, 1]
+[profile.quick]
+train = {epochs = 1}
+"""
+
+
+@pytest.fixture()
+def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MTL_DATA", str(tmp_path / "data"))
+    path = tmp_path / "unit.toml"
+    path.write_text(CONFIG.replace('weightings = ["equal", "other"]', 'weightings = ["equal"]'))
+    return path
+
+
+def test_profiles_override_and_the_grid_skips_weightings_of_single_task_models(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG)
+    full, quick = E.load_config(path, "full"), E.load_config(path, "quick")
+    assert full["train"]["epochs"] == 2 and quick["train"]["epochs"] == 1
+    runs = [r.id for r in E.grid(full)]
+    assert "digits__single__other__seed0" not in runs and "digits__split__other__seed0" in runs
+    assert len(runs) == 2 * 1 + 2 * 2  # single: equal only; split: two weightings; two seeds
+    with pytest.raises(ValueError, match="unknown weighting 'other'"):
+        E.run_config(full, E.Run("digits", "split", "other", 0))
+    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
+        E.run_config(full, E.Run("digits", "nope", "equal", 0))
+    full["grid"]["seeds"] = [0, 0]
+    with pytest.raises(ValueError, match="lists 0 twice"):
+        E.grid(full)
+
+
+def test_bad_configs_say_what_is_wrong(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no experiment config"):
+        E.load_config(tmp_path / "missing.toml")
+    path = tmp_path / "bad.toml"
+    path.write_text('name = "x"\n[grid]\ndata = ["d"]\nmodels = ["split"]\n')
+    with pytest.raises(ValueError, match="needs a 'data' entry"):
+        E.load_config(path, "full")
+    path.write_text(CONFIG.replace('kind = "multidigits"', 'kind = "imagenet"'))
+    with pytest.raises(ValueError, match="unknown data kind 'imagenet'"):
+        E.build_data(E.load_config(path, "full")["data"]["digits"])
+
+
+def test_run_writes_provenance_skips_finished_runs_and_aggregates(config, tmp_path, capsys):
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    cfg = E.load_config(config, "full")
+    files = E.run_grid(cfg, results, ckpt, progress=False)
+    assert len(files) == 4 and all(f.is_file() for f in files)
+    record = json.loads(files[-1].read_text())
+    for key in ("command", "config", "config_hash", "git_commit", "seed", "device", "processes", "versions",
+                "wall_time_s", "protocol", "metrics", "history"):
+        assert key in record, key
+    assert record["versions"]["torch"] and record["device"] == "cpu" and record["processes"] == 1
+    last_two = [row["val/left/accuracy"] for row in record["history"][-2:]]
+    assert record["metrics"]["left/accuracy"] == pytest.approx(sum(last_two) / 2)  # the stated protocol
+
+    capsys.readouterr()
+    E.run_grid(cfg, results, ckpt, progress=False)                     # everything done: nothing trains
+    assert capsys.readouterr().out.count("done, skipped") == 4
+
+    changed = E.load_config(config, "quick")                          # other settings: runs again
+    assert not E._is_done(files[0], E.run_config(changed, E.grid(changed)[0]))
+
+    summary = E.aggregate(cfg, results)
+    import pandas as pd
+
+    table = pd.read_csv(summary)
+    assert set(table["model"]) == {"single", "split"} and (table["seeds"] == 2).all()
+    single = table[table["model"] == "single"].iloc[0]
+    assert single["delta_mtl_%"] == pytest.approx(0.0)
+    split = table[table["model"] == "split"].iloc[0]
+    expected = 100 * ((split["left/accuracy"] - single["left/accuracy"]) / single["left/accuracy"]
+                      + (split["right/accuracy"] - single["right/accuracy"]) / single["right/accuracy"]) / 2
+    assert split["delta_mtl_%"] == pytest.approx(expected, rel=1e-6)  # the CSV keeps 8 digits
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint(config, tmp_path, monkeypatch):
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    cfg = E.load_config(config, "full")
+    run = E.grid(cfg)[0]
+    uninterrupted = E.execute(cfg, run, tmp_path / "r0", tmp_path / "c0", E.distributed.setup(), "test", False)
+
+    import mtlutils.train as T
+
+    real = T._train_epoch
+
+    def crash_in_epoch_2(*args, **kwargs):
+        if args[6] == 2:   # epoch
+            raise KeyboardInterrupt("stopped")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(T, "_train_epoch", crash_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        E.execute(cfg, run, results, ckpt, E.distributed.setup(), "test", False)
+    assert (ckpt / f"{run.id}.pt").is_file() and not (results / "runs" / f"{run.id}.json").exists()
+    monkeypatch.setattr(T, "_train_epoch", real)
+    resumed = E.execute(cfg, run, results, ckpt, E.distributed.setup(), "test", False)
+    assert resumed["history"] == uninterrupted["history"]
+    assert resumed["metrics"] == uninterrupted["metrics"]
