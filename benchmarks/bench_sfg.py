@@ -30,23 +30,27 @@ from mtlutils.data import make_scenes, multidigits
 SETTINGS = {
     # the chapter's image-level setting: MultiDigits, sum + left, VGG-style backbone
     "vgg": dict(tasks=["sum", "left"], width=0.5, batch=32),
-    # the chapter's dense setting: scenes 64x64, 7-class segmentation + depth, SegNet
-    "segnet": dict(tasks=["seg", "depth"], width=0.125, batch=16),
+    # the same at full width (16-32-64-64 kernels)
+    "vgg-w1": dict(tasks=["sum", "left"], width=1.0, batch=32),
+    # dense: scenes, 7-class segmentation + depth, SegNet
+    "segnet": dict(tasks=["seg", "depth"], width=0.125, batch=16, size=(64, 64)),
+    # the chapter's dense experiment: 32x32 images
+    "segnet-32": dict(tasks=["seg", "depth"], width=0.125, batch=16, size=(32, 32)),
 }
 
 
 def make_batch(setting: str, batch: int) -> tuple[list[mu.Task], dict[str, torch.Tensor]]:
-    if setting == "vgg":
+    if setting.startswith("vgg"):
         data = multidigits("train", n=batch, seed=0, targets=("sum", "left"))
         return [mu.TASKS["sum"], mu.TASKS["left"]], {"image": data.images, **data.targets}
-    scenes = make_scenes(batch, size=(64, 64), classes=7, seed=0, split="train")
+    scenes = make_scenes(batch, size=SETTINGS[setting]["size"], classes=7, seed=0, split="train")
     samples = [scenes[i] for i in range(batch)]
     stacked = {k: torch.stack([s[k] for s in samples]) for k in ("image", "seg", "depth")}
     return [mu.tasks.seg_task(7), mu.TASKS["depth"]], stacked
 
 
 def models(tasks, setting: str, width: float) -> dict[str, torch.nn.Module]:
-    backbone = "vgg" if setting == "vgg" else "segnet"
+    backbone = "vgg" if setting.startswith("vgg") else "segnet"
     specs = {
         "split": ("split", width, {}),
         "sfg": ("sfg", width, {"entropy_weight": 1e-4}),

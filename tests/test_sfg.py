@@ -73,19 +73,6 @@ def test_straight_through_forward_is_one_hot_backward_is_the_soft_gradient():
     assert g_hard.abs().sum() > 0
 
 
-@pytest.mark.parametrize("dim", [0, 1, -1])
-def test_fused_straight_through_equals_the_textbook_formula(dim):
-    logits = torch.randn(5, 4, 3, dtype=torch.float64, requires_grad=True)
-    up = torch.randn(5, 4, 3, dtype=torch.float64)
-    fused = gumbel_softmax(logits, tau=0.3, hard=True, dim=dim, generator=torch.Generator().manual_seed(2))
-    y = gumbel_softmax(logits, tau=0.3, dim=dim, generator=torch.Generator().manual_seed(2))
-    textbook = F.one_hot(y.argmax(dim), y.shape[dim]).movedim(-1, dim).double() - y.detach() + y
-    torch.testing.assert_close(fused, textbook.detach(), rtol=0, atol=1e-15)
-    (g1,) = torch.autograd.grad((fused * up).sum(), logits)
-    (g2,) = torch.autograd.grad((textbook * up).sum(), logits)
-    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-12)
-
-
 def test_gumbel_softmax_gradcheck_with_fixed_noise():
     logits = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     fn = lambda v: gumbel_softmax(v, tau=0.8, generator=torch.Generator().manual_seed(7))  # noqa: E731
@@ -366,7 +353,7 @@ def test_specialist_kernels_get_no_gradient_from_another_tasks_loss(backbone, ta
         assert torch.count_nonzero(layer.weight.grad[mine]) > 0
     for name in names[1:]:
         assert all(p.grad is None for p in model.heads[name].parameters())
-    assert all(layer.group_logits.grad is not None for layer in model.group_layers)
+    assert model.group_logits.grad is not None and torch.count_nonzero(model.group_logits.grad) > 0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -73,42 +73,23 @@ def kernel_input_mask(z_out: torch.Tensor, z_in: torch.Tensor) -> torch.Tensor:
 
 
 def _shared_input(channels: int, groups: int, like: torch.Tensor) -> torch.Tensor:
-    """Groups of an input whose channels are all shared (the image)."""
-    z = torch.zeros(channels, groups, dtype=like.dtype, device=like.device)
+    """Groups of an input whose channels are all shared (the image); cached, never modify it."""
+    return _all_shared(channels, groups, like.dtype, like.device)
+
+
+@lru_cache(maxsize=64)
+def _all_shared(channels: int, groups: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    z = torch.zeros(channels, groups, dtype=dtype, device=device)
     z[:, -1] = 1.0
     return z
 
 
-class _RoutedWeight(torch.autograd.Function):
-    """``W_eff = M ⊙ (Z_out R Z_in^T)`` as one autograd node (its backward written out), so that the routing
-    adds one node per layer to the graph instead of five small ones."""
-
-    @staticmethod
-    def forward(ctx, weight, z_out, z_in, routing):
-        reads = z_out @ routing                    # (C_out, T+1): the input groups each kernel reads
-        mask = reads @ z_in.t()                    # (C_out, C_in)
-        ctx.save_for_backward(weight, z_in, routing, reads, mask)
-        return weight * mask[:, :, None, None]
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, z_in, routing, reads, mask = ctx.saved_tensors
-        g_weight = g_out = g_in = None
-        if ctx.needs_input_grad[0]:
-            g_weight = grad * mask[:, :, None, None]
-        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            g_mask = (grad * weight).sum(dim=(2, 3))          # dL/dA, (C_out, C_in)
-            if ctx.needs_input_grad[1]:
-                g_out = g_mask @ z_in @ routing.t()           # A = Z_out R Z_in^T
-            if ctx.needs_input_grad[2]:
-                g_in = g_mask.t() @ reads
-        return g_weight, g_out, g_in, None
-
-
 def routed_weight(weight: torch.Tensor, z_out: torch.Tensor, z_in: torch.Tensor) -> torch.Tensor:
     """The kernels with every (kernel, input channel) pair that the routing forbids set to zero:
-    ``M ⊙ A[:, :, None, None]``, ``A = Z_out R Z_in^T`` (:func:`kernel_input_mask`)."""
-    return _RoutedWeight.apply(weight, z_out, z_in, routing_matrix(z_out.shape[1] - 1, z_out.dtype, z_out.device))
+    ``M ⊙ A[:, :, None, None]``, ``A = Z_out R Z_in^T`` (:func:`kernel_input_mask`). Autograd differentiates
+    it; a hand-written backward as one autograd node was measured slower on a CPU (a Python backward costs
+    more than the few small built-in nodes it replaces)."""
+    return weight * kernel_input_mask(z_out, z_in)[:, :, None, None]
 
 
 def filter_group_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, z_out: torch.Tensor,
@@ -222,6 +203,7 @@ class FilterGroupConv(nn.Module):
         self.weight = reference.weight
         self.bias = reference.bias
         groups = num_tasks + 1
+        self._shared_logits = None  # (bank, first row) when the logits live in a network's bank
         if fixed is not None:
             assignment = self._fixed(fixed, out_channels, groups)
             self.register_buffer("fixed_groups", F.one_hot(assignment, groups).float())
@@ -262,7 +244,30 @@ class FilterGroupConv(nn.Module):
 
     @property
     def learnable(self) -> bool:
-        return self.group_logits is not None
+        return self.group_logits is not None or self._shared_logits is not None
+
+    @property
+    def logits(self) -> torch.Tensor:
+        """The grouping logits ``v`` ``(C_out, T+1)`` (this layer's rows of a shared bank, see
+        :meth:`share_logits`)."""
+        if self._shared_logits is not None:
+            bank, start = self._shared_logits
+            return bank.narrow(0, start, self.out_channels)
+        if self.group_logits is None:
+            raise RuntimeError("this layer has a fixed grouping; it has no logits")
+        return self.group_logits
+
+    def share_logits(self, bank: nn.Parameter, start: int) -> None:
+        """Keep this layer's logits as rows ``start : start + C_out`` of ``bank``, a parameter owned by the
+        network, instead of a parameter of its own: one tensor for all layers means one optimiser update
+        and one sampling call per step instead of one per layer. Values are copied into the bank."""
+        if not self.learnable:
+            raise RuntimeError("this layer has a fixed grouping; there are no logits to share")
+        with torch.no_grad():
+            bank.narrow(0, start, self.out_channels).copy_(self.logits)
+        del self.group_logits
+        self.group_logits = None
+        self._shared_logits = (bank, start)
 
     @torch.no_grad()
     def reset_groups(self, init: "str | Sequence[float]" = "uniform") -> None:
@@ -289,13 +294,13 @@ class FilterGroupConv(nn.Module):
             v = p.log()
         else:  # softplus(v) = p, the inverse of the softplus
             v = torch.log(torch.expm1(p))
-        self.group_logits.copy_(v.to(self.group_logits))
+        self.logits.copy_(v.to(self.logits))
 
     def log_probs(self) -> torch.Tensor:
         """``log p`` ``(C_out, T+1)`` of the learned grouping (one-hot's log for a fixed one)."""
         if not self.learnable:
             return self.fixed_groups.clamp_min(1e-30).log()
-        return log_probs(self.group_logits, self.parameterization)
+        return log_probs(self.logits, self.parameterization)
 
     def probs(self) -> torch.Tensor:
         """The grouping distribution ``p`` ``(C_out, T+1)``; rows sum to 1."""

@@ -44,25 +44,6 @@ def _check(logits: torch.Tensor, tau: float) -> None:
                          "softmax and pass log p = log_softmax(logits), which is always finite")
 
 
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the one-hot ``argmax`` of ``y = softmax((logits + g) / τ)``; backward: the gradient of ``y``,
-    ``∂L/∂logits = y ⊙ (∂L/∂y - Σ_j y_j ∂L/∂y_j) / τ``. The same values and gradients as
-    ``y_hard - y.detach() + y`` in one autograd node (tested), which matters when it runs every step."""
-
-    @staticmethod
-    def forward(ctx, logits, noise, tau, dim):
-        y = F.softmax((logits + noise) / tau, dim=dim)
-        ctx.save_for_backward(y)
-        ctx.tau, ctx.dim = tau, dim
-        return torch.zeros_like(y).scatter_(dim, y.argmax(dim=dim, keepdim=True), 1.0)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (y,) = ctx.saved_tensors
-        g = y * (grad - (grad * y).sum(dim=ctx.dim, keepdim=True)) / ctx.tau
-        return g, None, None, None
-
-
 def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, dim: int = -1,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """A Gumbel-Softmax sample of ``Cat(softmax(logits))`` along ``dim`` (the same distribution as
@@ -81,6 +62,8 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
     """
     _check(logits, tau)
     g = sample_gumbel(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
-    if hard:  # y_hard - y.detach() + y, as one autograd node
-        return _StraightThrough.apply(logits, g, float(tau), dim)
-    return F.softmax((logits + g) / float(tau), dim=dim)
+    y = F.softmax((logits + g) / float(tau), dim=dim)
+    if not hard:
+        return y
+    y_hard = torch.zeros_like(y).scatter_(dim, y.argmax(dim=dim, keepdim=True), 1.0)
+    return y_hard - y.detach() + y

@@ -5,12 +5,16 @@ initialisation) and every convolution is turned into a :class:`~mtlutils.layers.
 keeps the convolution's weights. Batch norm and ReLU act per channel and pooling keeps channels, so a
 channel's group passes through them unchanged: the trunk runs its own forward, and the group of every
 channel travels from one filter-group convolution to the next through a small routing state. Task ``t``'s
-head reads the last layer's channels of groups ``t`` and shared (``[F_t | F_s]``).
+head reads the last layer's channels of groups ``t`` and shared (``[F_t | F_s]``). The grouping logits of
+all layers live in one parameter, ``group_logits`` (one row per kernel, layers in the trunk's order), so a
+step samples all groupings with one call and the optimiser updates one tensor, however deep the network.
 
-Objective (papers.md §3): task losses (``fit``'s weighted sum of per-sample means) plus
-:meth:`SFGNetwork.regularization` ``= -λ2 Σ_{l,k} H(p^(l),k)`` (entropy *maximised*: the KL to a uniform
-prior over groups, up to a constant) plus L2 on the weights through the optimiser's ``weight_decay``
-(Adam's weight decay adds ``wd · M`` to the gradient: the gradient of ``(wd/2)||M||²``). The grouping
+Objective (papers.md §3, the book writes the paper's λ1, λ2 as β1, β2): task losses (``fit``'s weighted sum
+of per-sample means, i.e. the paper's objective divided by N) plus :meth:`SFGNetwork.regularization`
+``= -entropy_weight · Σ_{l,k} H(p^(l),k)`` with ``entropy_weight = β2 / N`` (entropy *maximised*: the KL to
+a uniform prior over groups, up to a constant) plus L2 on the weights through the optimiser's
+``weight_decay`` (Adam's weight decay adds ``wd · M`` to the gradient: the gradient of ``(wd/2)||M||²``,
+so ``wd = 2 β1 / N``). The grouping
 logits get their own parameter group (learning rate × ``group_lr``, no weight decay). The temperature is
 constant or annealed, ``τ(step) = max(τ_min, τ_0 e^{-r·step})``, set by :meth:`SFGNetwork.on_train_step`.
 
@@ -63,7 +67,8 @@ class RoutedConv(nn.Module):
 
 
 def _convert(module: nn.Module, make: "callable") -> None:
-    """Replace every ``nn.Conv2d`` below ``module`` (in execution order of construction) by ``make(conv)``."""
+    """Replace every ``nn.Conv2d`` below ``module`` by ``make(conv)``, in registration order (which is the
+    execution order of both backbones' trunks; the routing itself follows the actual execution)."""
     for name, child in module.named_children():
         if isinstance(child, nn.Conv2d):
             setattr(module, name, make(child))
@@ -81,7 +86,7 @@ class SFGNetwork(MultiTaskModel):
         fixed: a fixed grouping instead of a learned one: ``T+1`` proportions for every layer, or a list
             with one entry per layer (proportions or a tensor of group indices per kernel).
         impl: ``"fast"`` (one convolution) or ``"masked"`` (one per group, the readable reference).
-        entropy_weight: ``λ2`` of the regulariser (per kernel, on the per-sample-mean loss scale).
+        entropy_weight: weight of ``-Σ H(p)`` on the per-sample-mean loss scale (the paper's β2 / N).
         group_lr: learning-rate multiplier of the grouping logits.
         inference, passes: evaluation mode (``"argmax"`` or ``"sample"``) and sampled passes.
     """
@@ -124,6 +129,15 @@ class SFGNetwork(MultiTaskModel):
         self._routed: list[RoutedConv] = [m for m in trunk.modules() if isinstance(m, RoutedConv)]
         self.group_layers: list[FilterGroupConv] = [m.conv for m in self._routed]
         self.parameterization = parameterization
+        # one bank of logits for all learned layers (rows in layer order): one parameter to update and one
+        # tensor to sample per step, however deep the network
+        learned = [layer for layer in self.group_layers if layer.learnable]
+        self.group_logits = nn.Parameter(torch.zeros(sum(l.out_channels for l in learned), self.num_tasks + 1)) \
+            if learned else None
+        start = 0
+        for layer in learned:
+            layer.share_logits(self.group_logits, start)
+            start += layer.out_channels
         self.temperature = temperature
         self.inference = inference
 
@@ -182,10 +196,9 @@ class SFGNetwork(MultiTaskModel):
     def _all_log_probs(self) -> torch.Tensor | None:
         """``log p`` of every kernel of every learned layer, stacked ``(Σ_l C_l, T+1)``: one computation for
         the whole network instead of one per layer (fewer small operations per step)."""
-        logits = self.group_parameters()
-        if not logits:
+        if self.group_logits is None:
             return None
-        return log_probs(torch.cat(logits), self.parameterization)
+        return log_probs(self.group_logits, self.parameterization)
 
     def entropy(self) -> torch.Tensor:
         """``Σ_{l,k} H(p^(l),k)`` over the learned groupings."""
@@ -195,12 +208,13 @@ class SFGNetwork(MultiTaskModel):
         return group_entropy(log_p).sum()
 
     def regularization(self) -> torch.Tensor:
-        """``fit``'s hook: ``-λ2 Σ H(p)``, added to the loss (minimising it maximises the entropy)."""
+        """``fit``'s hook: ``-entropy_weight · Σ H(p)``, added to the loss (minimising it maximises the
+        entropy)."""
         return -self.entropy_weight * self.entropy()
 
     def group_parameters(self) -> list[nn.Parameter]:
-        """The grouping logits of every learned layer."""
-        return [layer.group_logits for layer in self.group_layers if layer.learnable]
+        """The grouping logits of every learned layer (one bank, rows in layer order)."""
+        return [] if self.group_logits is None else [self.group_logits]
 
     def param_groups(self, lr: float) -> list[dict]:
         """``fit``'s hook: the weights at ``lr``; the grouping logits at ``lr · group_lr`` without weight decay."""
