@@ -70,6 +70,105 @@ def test_miou_check():
     assert "not implemented" in check_miou(lambda c: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
 
 
+def test_cross_stitch_backward_check_catches_the_papers_typo():
+    from mtlutils.checks import check_cross_stitch_backward
+
+    def good(alpha, x_a, x_b, grad_a, grad_b):  # Eq. 2 and the corrected Eq. 3, one alpha per layer
+        grad_alpha = torch.stack([torch.stack([(grad_a * x_a).sum(), (grad_a * x_b).sum()]),
+                                  torch.stack([(grad_b * x_a).sum(), (grad_b * x_b).sum()])])
+        return alpha[0, 0] * grad_a + alpha[1, 0] * grad_b, alpha[0, 1] * grad_a + alpha[1, 1] * grad_b, grad_alpha
+
+    def printed(alpha, x_a, x_b, grad_a, grad_b):  # Eq. 3 as printed: dL/dalpha_AB = dL/dx~_B * x_A
+        gx_a, gx_b, grad_alpha = good(alpha, x_a, x_b, grad_a, grad_b)
+        return gx_a, gx_b, grad_alpha.T
+
+    def per_channel(alpha, x_a, x_b, grad_a, grad_b):  # forgot to sum over the channels
+        gx_a, gx_b, _ = good(alpha, x_a, x_b, grad_a, grad_b)
+        return gx_a, gx_b, torch.stack([torch.stack([(g * x).sum((0, 2, 3)) for x in (x_a, x_b)])
+                                        for g in (grad_a, grad_b)])
+
+    def not_transposed(alpha, x_a, x_b, grad_a, grad_b):  # Eq. 2 with alpha instead of its transpose
+        _, _, grad_alpha = good(alpha, x_a, x_b, grad_a, grad_b)
+        return alpha[0, 0] * grad_a + alpha[0, 1] * grad_b, alpha[1, 0] * grad_a + alpha[1, 1] * grad_b, grad_alpha
+
+    def stub(*args):
+        raise NotImplementedError
+
+    result = check_cross_stitch_backward(good, verbose=False)
+    assert result.passed and result.error < 1e-12, result
+    typo = check_cross_stitch_backward(printed, verbose=False)
+    assert not typo.passed and "printed in the paper" in typo.message
+    assert "sum over the channels" in check_cross_stitch_backward(per_channel, verbose=False).message
+    wrong = check_cross_stitch_backward(not_transposed, verbose=False)
+    assert not wrong.passed and wrong.error > 1e-3
+    assert "not implemented" in check_cross_stitch_backward(stub, verbose=False).message
+    assert "must return a tuple" in check_cross_stitch_backward(lambda *a: a[0], verbose=False).message
+
+
+def test_dwa_check():
+    from mtlutils.checks import check_dwa
+
+    def good(history, temperature):
+        k = history.shape[1]
+        if history.shape[0] < 2:
+            return torch.ones(k, dtype=torch.float64)
+        return k * torch.softmax(history[-1] / history[-2] / temperature, dim=0)
+
+    def inverted(history, temperature):  # ratio upside down: favours the fastest-falling task
+        k = history.shape[1]
+        if history.shape[0] < 2:
+            return torch.ones(k, dtype=torch.float64)
+        return k * torch.softmax(history[-2] / history[-1] / temperature, dim=0)
+
+    def no_warmup(history, temperature):  # uses DWA from the second epoch on (ratio against epoch 0 = 1)
+        k = history.shape[1]
+        if history.shape[0] < 1:
+            return torch.ones(k, dtype=torch.float64)
+        before = history[-2] if history.shape[0] > 1 else torch.ones(k, dtype=torch.float64)
+        return k * torch.softmax(history[-1] / before / temperature, dim=0)
+
+    def sums_to_one(history, temperature):
+        return good(history, temperature) / history.shape[1]
+
+    assert check_dwa(good, verbose=False).passed
+    for wrong in (inverted, no_warmup, sums_to_one):
+        result = check_dwa(wrong, verbose=False)
+        assert not result.passed and result.error > 1e-3, wrong.__name__
+    assert "expected 2 weights" in check_dwa(lambda h, t: torch.tensor(1.0), verbose=False).message
+    assert "not implemented" in check_dwa(lambda h, t: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
+
+
+def test_attention_check():
+    from mtlutils.checks import check_attention
+
+    def good(module, u, p, prev=None):
+        x = u if prev is None else torch.cat([u, prev], dim=1)
+        mask = module.h(module.g(x))
+        return mask, mask * p
+
+    def swapped(module, u, p, prev=None):  # [prev; u] instead of [u; prev]
+        x = u if prev is None else torch.cat([prev, u], dim=1)
+        mask = module.h(module.g(x))
+        return mask, mask * p
+
+    def additive(module, u, p, prev=None):  # residual instead of multiplicative attention
+        mask, _ = good(module, u, p, prev)
+        return mask, mask + p
+
+    def uses_the_package(module, u, p, prev=None):
+        return module.mask(u, prev), module(u, p, prev)
+
+    result = check_attention(good, verbose=False)
+    assert result.passed and result.error < 1e-12
+    for wrong in (swapped, additive):
+        result = check_attention(wrong, verbose=False)
+        assert not result.passed and result.error > 1e-3, wrong.__name__
+    assert "module's own mask" in check_attention(uses_the_package, verbose=False).message
+    assert "(mask, attended)" in check_attention(lambda m, u, p, prev=None: u, verbose=False).message
+    assert "not implemented" in check_attention(lambda *a: (_ for _ in ()).throw(NotImplementedError),
+                                                verbose=False).message
+
+
 # chapter 5: stochastic filter groups
 def _gumbel(logits, tau, hard, noise_on=lambda v: v, divide=True, straight_through=True, guard=True):
     if guard and not tau > 0:

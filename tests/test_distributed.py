@@ -32,8 +32,8 @@ lr = 2e-3
 width = 0.25
 [grid]
 data = ["digits"]
-models = ["split"]
-weightings = ["equal"]
+models = ["mtan"]
+weightings = ["uncertainty"]
 seeds = [3]
 """
 
@@ -64,7 +64,7 @@ def _run(tmp_path: Path, processes: int) -> dict:
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     files = sorted((out / "tiny" / "runs").iterdir())
-    assert [f.name for f in files] == ["digits__split__equal__seed3.json"], files  # rank 0 wrote, once
+    assert [f.name for f in files] == ["digits__mtan__uncertainty__seed3.json"], files  # rank 0 wrote, once
     return json.loads(files[0].read_text())
 
 

@@ -6,10 +6,9 @@ stochastic filter-group convolution with its Gumbel-Softmax sampler (Bragman et 
 """
 from __future__ import annotations
 
-__all__: list[str] = []
+from .attention import AttentionModule
+from .cross_stitch import CrossStitch, CrossStitchFunction
+from .filter_groups import FilterGroupConv
+from .gumbel import gumbel_softmax
 
-# stochastic filter groups (chapter 5)
-from .filter_groups import FilterGroupConv  # noqa: E402
-from .gumbel import gumbel_softmax  # noqa: E402
-
-__all__ += ["FilterGroupConv", "gumbel_softmax"]
+__all__: list[str] = ["CrossStitch", "CrossStitchFunction", "AttentionModule", "FilterGroupConv", "gumbel_softmax"]

@@ -14,7 +14,9 @@ from typing import Any, Callable, Iterable, Mapping
 from torch import nn
 
 from ..tasks import Task, as_task_dict
+from .cross_stitch import CrossStitchNetwork
 from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
+from .mtan import MTAN, STAN
 from .segnet import DenseHead, SegNetTrunk
 from .sfg import SFGNetwork
 from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
@@ -52,6 +54,9 @@ ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "split_wide": (HardSharedNetwork, {"wide": True}),  # Split-Wide: last stage twice as wide
     "split_deep": (HardSharedNetwork, {"deep": True}),  # Split-Deep: every conv unit doubled
     "dense": (DenseNetwork, {}),                  # Dense: shared net + task nets reading its features
+    "cross_stitch": (CrossStitchNetwork, {}),     # Cross-Stitch: task nets mixed by learned alpha units
+    "mtan": (MTAN, {}),                           # MTAN: shared net + per-task attention networks
+    "stan": (STAN, {}),                           # STAN: one single-task MTAN per task
     "sfg": (SFGNetwork, {}),                      # Stochastic Filter Groups: learned kernel grouping
 }
 

@@ -25,6 +25,9 @@ PAPER_P: dict[str, dict[str, float]] = {
     "split_wide": {"NYUv2": 1.75, "CityScapes": 1.75},
     "split_deep": {"NYUv2": 2.0, "CityScapes": 2.0},
     "dense": {"NYUv2": 4.95, "CityScapes": 3.63},
+    "cross_stitch": {"NYUv2": 3.0, "CityScapes": 2.0},
+    "mtan": {"NYUv2": 1.77, "CityScapes": 1.65},
+    "stan": {"NYUv2": 4.56, "CityScapes": 3.04},  # one STAN per task, like "single"
 }
 
 

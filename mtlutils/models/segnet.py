@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..tasks import Task
-from .vgg import conv_unit, scaled
+from .vgg import Stitched, check_placement, conv_unit, run_units, scaled
 
 # With deterministic algorithms requested, PyTorch warns that max unpooling has no deterministic kernel.
 # The indices come from non-overlapping 2x2 max pooling, so they are unique: the scatter has no write
@@ -112,6 +112,40 @@ class SegNetTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor, side: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         return self._run(x, side, record=False)[0]
+
+    def stitch_points(self, every: str = "stage") -> list[tuple[str, int]]:
+        """``(name, channels)`` of every point where :meth:`run_stitched` yields, in order: encoder
+        stages ``pool1``..``pool5`` then decoder stages ``dec5``..``dec1`` (``every="stage"``), or every
+        conv unit ``enc<stage>.<unit>`` / ``dec<stage>.<unit>`` (``every="conv"``)."""
+        check_placement(every)
+        stages = [(f"enc{s + 1}", st) for s, st in enumerate(self.encoder)]
+        stages += [(f"dec{len(self.decoder) - k}", st) for k, st in enumerate(self.decoder)]
+        if every == "conv":
+            return [(f"{name}.{u + 1}", unit[0].out_channels) for name, st in stages for u, unit in enumerate(st)]
+        return [(name.replace("enc", "pool"), st[-1][0].out_channels) for name, st in stages]
+
+    def run_stitched(self, x: torch.Tensor, every: str = "stage") -> Stitched:
+        """:meth:`forward` (without side inputs) as a generator, for soft sharing between networks.
+
+        Yields the features at every point of :meth:`stitch_points` and continues with the tensor sent
+        back; returns the trunk's output. ``every="stage"``: after every encoder stage's pooling and at
+        the end of every decoder stage (dense features; an unpooled map is sparse and its indices belong
+        to one network); ``"conv"``: after every conv unit. Sending back what was yielded reproduces
+        :meth:`forward` exactly.
+        """
+        check_placement(every)
+        conv = every == "conv"
+        indices = []
+        for stage in self.encoder:
+            x, idx = self.pool((yield from run_units(stage, x, conv)))
+            indices.append(idx)
+            if not conv:
+                x = yield x
+        for stage, idx in zip(self.decoder, reversed(indices)):
+            x = yield from run_units(stage, self.unpool(x, idx), conv)
+            if not conv:
+                x = yield x
+        return x
 
     def stage_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features and the inputs of the 9 stages that can take side inputs."""

@@ -6,7 +6,7 @@ average pool to a fixed ``pool`` grid, so the trunk accepts any input size and (
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Generator, Sequence
 
 import torch
 from torch import nn
@@ -14,6 +14,26 @@ from torch import nn
 from ..tasks import Task
 
 DEFAULT_STAGES: tuple[tuple[int, int], ...] = ((16, 1), (32, 1), (64, 2))  # (channels, convs) per stage
+
+
+# where soft-sharing models (cross-stitch) may exchange features between networks of one backbone:
+# "stage" = after every pooling stage (the paper's placement), "conv" = after every conv unit
+STITCH_PLACEMENTS = ("stage", "conv")
+Stitched = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def check_placement(every: str) -> None:
+    if every not in STITCH_PLACEMENTS:
+        raise ValueError(f"unknown stitch placement {every!r}; valid choices: {list(STITCH_PLACEMENTS)}")
+
+
+def run_units(units: nn.Sequential, x: torch.Tensor, stitch_each: bool) -> Stitched:
+    """Run conv units in order; with ``stitch_each`` yield after every unit and go on with what is sent back."""
+    for unit in units:
+        x = unit(x)
+        if stitch_each:
+            x = yield x
+    return x
 
 
 def scaled(channels: int, width: float) -> int:
@@ -57,6 +77,46 @@ class VGGTrunk(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool(self.features(x)).flatten(1)
+
+    def stitch_points(self, every: str = "stage") -> list[tuple[str, int]]:
+        """``(name, channels)`` of every point where :meth:`run_stitched` yields, in order."""
+        check_placement(every)
+        points, channels, stage, unit = [], 0, 1, 0
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                if every == "stage":
+                    points.append((f"pool{stage}", channels))
+                stage, unit = stage + 1, 0
+            else:
+                channels, unit = layer[0].out_channels, unit + 1
+                if every == "conv":
+                    points.append((f"conv{stage}.{unit}", channels))
+        return points
+
+    def run_stitched(self, x: torch.Tensor, every: str = "stage") -> Stitched:
+        """:meth:`forward` as a generator, for soft sharing between networks (cross-stitch).
+
+        Yields the features at every point of :meth:`stitch_points` (``every="stage"``: after every
+        pooling; ``"conv"``: after every conv unit) and continues with the tensor sent back; returns
+        the trunk's output. Sending back what was yielded reproduces :meth:`forward` exactly.
+        """
+        check_placement(every)
+        for layer in self.features:
+            x = layer(x)
+            if (every == "stage") == isinstance(layer, nn.MaxPool2d):
+                x = yield x
+        return self.pool(x).flatten(1)
+
+    def stages(self) -> list[nn.Sequential]:
+        """The conv units of every stage (the layers between two poolings), sharing ``features``' modules."""
+        stages, units = [], []
+        for layer in self.features:
+            if isinstance(layer, nn.MaxPool2d):
+                stages.append(nn.Sequential(*units))
+                units = []
+            else:
+                units.append(layer)
+        return stages
 
 
 class MLPHead(nn.Module):
