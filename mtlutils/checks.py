@@ -322,3 +322,169 @@ def check_attention(attend: Callable[..., Any], verbose: bool = True, seed: int 
     msg = ("matches AttentionModule with and without prev" if ok else
            "differs from AttentionModule (order of [u; prev]? sigmoid mask times p?)")
     return _report(CheckResult(name, ok, msg, worst, 1e-10), verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chapter 5: stochastic filter groups
+def _z_scores(freq: torch.Tensor, p: torch.Tensor, n: int) -> float:
+    """Largest |frequency - p| in standard errors of a proportion estimated from n draws."""
+    sigma = (p * (1 - p) / n).clamp_min(1e-12).sqrt()
+    return float(((freq - p).abs() / sigma).max())
+
+
+def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Tensor], verbose: bool = True,
+                         seed: int = 0) -> CheckResult:
+    """Chapter 5 exercise: ``sampler(logits, tau, hard)``, a Gumbel-Softmax sample along the last dim.
+
+    Checked: samples lie on the simplex; hard samples are one-hot and carry a non-zero (straight-through)
+    gradient; the frequencies of hard samples match ``softmax(logits)`` within 5 standard errors (40,000
+    draws); soft samples approach one-hot as ``tau -> 0`` and have the reference's mean at ``tau = 1``;
+    ``tau <= 0`` raises ``ValueError``; extreme logits give finite samples.
+    """
+    from .layers.gumbel import gumbel_softmax
+
+    name = "check_gumbel_softmax"
+    torch.manual_seed(seed)
+    p = torch.tensor([0.55, 0.25, 0.15, 0.05], dtype=torch.float64)
+    n = 40_000
+    logits = (p.log() + 1.3).expand(n, 4).clone()  # logits need not be normalised
+    soft, failure = _run(name, lambda: sampler(logits.clone(), 1.0, False))
+    if failure is not None:
+        return _report(failure, verbose)
+    if not isinstance(soft, torch.Tensor) or soft.shape != logits.shape:
+        return _report(CheckResult(name, False, f"must return a tensor shaped like the logits {tuple(logits.shape)}, "
+                                                f"got {getattr(soft, 'shape', type(soft).__name__)}"), verbose)
+    if not bool(torch.isfinite(soft).all()) or float((soft.sum(-1) - 1).abs().max()) > 1e-6 or float(soft.min()) < 0:
+        return _report(CheckResult(name, False, "soft samples must be finite, non-negative and sum to 1"), verbose)
+    reference = gumbel_softmax(logits, tau=1.0).mean(0)
+    mean_error = float((soft.mean(0) - reference).abs().max())
+    if mean_error > 0.01:
+        return _report(CheckResult(name, False, "the mean of soft samples at tau=1 differs from the reference: is the "
+                                                "noise -log(-log u) with u ~ U(0, 1), added to the logits?",
+                                   mean_error, 0.01), verbose)
+    leaf = logits.clone().requires_grad_()
+    hard, failure = _run(name, lambda: sampler(leaf, 0.5, True))
+    if failure is not None:
+        return _report(failure, verbose)
+    one_hot = torch.nn.functional.one_hot(hard.detach().argmax(-1), 4).to(hard.dtype)
+    if float((hard.detach() - one_hot).abs().max()) > 1e-6:
+        return _report(CheckResult(name, False, "hard samples must be one-hot"), verbose)
+    z = _z_scores(hard.detach().argmax(-1).bincount(minlength=4).double() / n, p, n)
+    if z > 5:
+        return _report(CheckResult(name, False, f"hard samples do not follow softmax(logits): the worst frequency is "
+                                                f"{z:.1f} standard errors off (tolerance 5)"), verbose)
+    weights = torch.randn(n, 4, dtype=torch.float64)
+    if not hard.requires_grad:
+        return _report(CheckResult(name, False, "hard samples carry no gradient: use the straight-through "
+                                                "estimator y_hard - y.detach() + y"), verbose)
+    (grad,) = torch.autograd.grad((hard * weights).sum(), leaf)
+    if not bool(torch.isfinite(grad).all()) or float(grad.abs().sum()) == 0:
+        return _report(CheckResult(name, False, "the straight-through gradient is zero or not finite"), verbose)
+    cold, failure = _run(name, lambda: sampler(logits[:2000].clone(), 0.01, False))
+    if failure is not None:
+        return _report(failure, verbose)
+    warm, _ = _run(name, lambda: sampler(logits[:2000].clone(), 100.0, False))
+    if float(cold.max(-1).values.mean()) < 0.98 or warm is None or float(warm.max(-1).values.mean()) > 0.3:
+        return _report(CheckResult(name, False, "soft samples must approach one-hot as tau -> 0 and uniform as "
+                                                "tau grows: divide (logits + g) by tau"), verbose)
+    extreme, failure = _run(name, lambda: sampler(torch.tensor([[80.0, -80.0, 0.0]], dtype=torch.float64), 0.05, True))
+    if failure is not None or not bool(torch.isfinite(extreme).all()):
+        return _report(failure or CheckResult(name, False, "extreme logits gave a non-finite sample"), verbose)
+    try:
+        sampler(logits[:3].clone(), 0.0, False)
+    except ValueError:
+        pass
+    except NotImplementedError:
+        return _report(CheckResult(name, False, "not implemented yet (the stub raises NotImplementedError)"), verbose)
+    except Exception as exc:  # noqa: BLE001 - report what the student's code raised
+        return _report(CheckResult(name, False, f"tau=0 must raise ValueError, it raised {type(exc).__name__}"), verbose)
+    else:
+        return _report(CheckResult(name, False, "tau=0 must raise ValueError (a division by zero gives NaN)"), verbose)
+    return _report(CheckResult(name, True, f"samples follow softmax(logits) ({z:.1f} standard errors at worst), "
+                                           f"straight-through gradient, temperature and guards right",
+                               mean_error, 0.01), verbose)
+
+
+def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool = True,
+                               seed: int = 0) -> CheckResult:
+    """Chapter 5 exercise: ``route(x, weight, z_out, z_in)``, the filter-group convolution of one layer
+    (3x3 kernels, padding 1, no bias): a kernel of task group ``t`` reads the input channels of groups ``t``
+    and shared, a shared kernel only shared channels; ``z_out`` ``(C_out, T+1)`` and ``z_in`` ``(C_in, T+1)``
+    give the groups (tasks first, shared last). Compared in float64 with
+    :func:`mtlutils.layers.filter_groups.filter_group_conv_masked`, values and gradients, for one-hot and
+    relaxed groupings and T = 2, 3.
+    """
+    from .layers.filter_groups import filter_group_conv_masked
+
+    name = "check_filter_group_routing"
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for num_tasks in (2, 3):
+        g = num_tasks + 1
+        for relaxed in (False, True):
+            x = torch.randn(2, 5, 6, 7, dtype=torch.float64, generator=gen)
+            w = torch.randn(8, 5, 3, 3, dtype=torch.float64, generator=gen)
+            if relaxed:
+                z_out = torch.rand(8, g, dtype=torch.float64, generator=gen).softmax(1)
+                z_in = torch.rand(5, g, dtype=torch.float64, generator=gen).softmax(1)
+            else:
+                z_out = torch.nn.functional.one_hot(torch.randint(0, g, (8,), generator=gen), g).double()
+                z_in = torch.nn.functional.one_hot(torch.randint(0, g, (5,), generator=gen), g).double()
+            inputs = [t.clone().requires_grad_() for t in (x, w, z_out, z_in)]
+            expected = filter_group_conv_masked(inputs[0], inputs[1], None, inputs[2], inputs[3], padding=1)
+            mine = [t.clone().requires_grad_() for t in (x, w, z_out, z_in)]
+            got, failure = _run(name, lambda: route(*mine))
+            if failure is not None:
+                return _report(failure, verbose)
+            result = check_close(name, got.detach() if isinstance(got, torch.Tensor) else got, expected.detach(),
+                                 tol=1e-10, verbose=False)
+            if not result.passed:
+                kind = "relaxed" if relaxed else "one-hot"
+                return _report(CheckResult(name, False, f"{result.message} (T={num_tasks}, {kind} groups)",
+                                           result.error, 1e-10), verbose)
+            up = torch.randn(expected.shape, dtype=torch.float64, generator=gen)
+            want = torch.autograd.grad((expected * up).sum(), inputs)
+            if not got.requires_grad:
+                return _report(CheckResult(name, False, "the output carries no gradient"), verbose)
+            have = torch.autograd.grad((got * up).sum(), mine, allow_unused=True)
+            for label, a, b in zip(("x", "weight", "z_out", "z_in"), have, want):
+                err = float("inf") if a is None else float((a - b).abs().max())
+                if not err <= 1e-8:
+                    return _report(CheckResult(name, False, f"the gradient of {label} differs (T={num_tasks})",
+                                               err, 1e-8), verbose)
+                worst = max(worst, err)
+            worst = max(worst, result.error)
+    return _report(CheckResult(name, True, "values and gradients match the equations (T = 2, 3; one-hot and "
+                                           "relaxed groups)", worst, 1e-8), verbose)
+
+
+def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.Tensor], verbose: bool = True,
+                              seed: int = 0) -> CheckResult:
+    """Chapter 5 exercise: ``frequencies(p, n)`` draws ``n`` groupings the way the authors' code does
+    (Gumbel noise added to ``p`` itself, then the arg-max) and returns how often each group came out.
+
+    Such samples follow ``Cat(softmax(p))``, not ``Cat(p)``: checked within 5 standard errors for several
+    ``p``, among them ``p = (1, 0, 0)`` (group 1 only about 57.6% of the time).
+    """
+    name = "check_authors_frequencies"
+    torch.manual_seed(seed)
+    n = 40_000
+    worst = 0.0
+    for p in ([1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [0.7, 0.2, 0.05, 0.05]):
+        p = torch.tensor(p, dtype=torch.float64)
+        got, failure = _run(name, lambda: frequencies(p.clone(), n))
+        if failure is not None:
+            return _report(failure, verbose)
+        got = torch.as_tensor(got, dtype=torch.float64).flatten()
+        if got.shape != p.shape:
+            return _report(CheckResult(name, False, f"must return one frequency per group ({len(p)}), got "
+                                                    f"{tuple(got.shape)}"), verbose)
+        z = _z_scores(got, torch.softmax(p, 0), n)
+        if z > 5:
+            also = " (these are the frequencies of Cat(p): add the noise to p, not log p)" \
+                if _z_scores(got, p, n) < 5 else ""
+            return _report(CheckResult(name, False, f"frequencies for p={p.tolist()} are {z:.1f} standard errors "
+                                                    f"from softmax(p){also}"), verbose)
+        worst = max(worst, z)
+    return _report(CheckResult(name, True, f"the authors' sampler follows Cat(softmax(p)) ({worst:.1f} standard "
+                                           f"errors at worst)"), verbose)

@@ -138,6 +138,7 @@ def as_task_dict(tasks: "dict[str, Task] | list[Task] | tuple[Task, ...]") -> di
 TASKS: dict[str, Task] = {
     "left": Task("left", "class", 10),    # MultiDigits: the left digit
     "right": Task("right", "class", 10),  # MultiDigits: the right digit
+    "sum": Task("sum", "regress", 1),     # MultiDigits: (left + right) / 18 (targets=("sum", ...))
     "depth": Task("depth", "depth", 1),   # scenes, NYUv2 (metres), CityScapes (inverse depth)
     "normal": Task("normal", "normal", 3),  # scenes, NYUv2
     "age": Task("age", "regress", 1),     # UTKFace: age / 100

@@ -167,3 +167,74 @@ def test_attention_check():
     assert "(mask, attended)" in check_attention(lambda m, u, p, prev=None: u, verbose=False).message
     assert "not implemented" in check_attention(lambda *a: (_ for _ in ()).throw(NotImplementedError),
                                                 verbose=False).message
+
+
+# chapter 5: stochastic filter groups
+def _gumbel(logits, tau, hard, noise_on=lambda v: v, divide=True, straight_through=True, guard=True):
+    if guard and not tau > 0:
+        raise ValueError("tau must be > 0")
+    u = torch.rand_like(logits).clamp(1e-20, 1 - 1e-7)
+    y = torch.softmax((noise_on(logits) - torch.log(-torch.log(u))) / (tau if divide else 1.0), dim=-1)
+    if not hard:
+        return y
+    y_hard = torch.nn.functional.one_hot(y.argmax(-1), y.shape[-1]).to(y.dtype)
+    return y_hard - y.detach() + y if straight_through else y_hard
+
+
+def test_gumbel_softmax_check():
+    from mtlutils.checks import check_gumbel_softmax
+
+    def stub(logits, tau, hard):
+        raise NotImplementedError
+
+    assert check_gumbel_softmax(_gumbel, verbose=False).passed
+    assert "mean of soft samples" in check_gumbel_softmax(
+        lambda l, t, h: _gumbel(l, t, h, noise_on=lambda v: v.softmax(-1)), verbose=False).message
+    assert "tau -> 0" in check_gumbel_softmax(lambda l, t, h: _gumbel(l, t, h, divide=t == 1.0 or h),
+                                              verbose=False).message
+    assert "no gradient" in check_gumbel_softmax(lambda l, t, h: _gumbel(l, t, h, straight_through=False),
+                                                 verbose=False).message
+    assert "must raise ValueError" in check_gumbel_softmax(lambda l, t, h: _gumbel(l, t, h, guard=False),
+                                                           verbose=False).message
+    assert "not implemented" in check_gumbel_softmax(stub, verbose=False).message
+
+
+def _route(x, weight, z_out, z_in, shared_reads_all=False, tasks_read_shared=True):
+    groups = z_out.shape[1]
+    s = groups - 1
+    out = 0
+    for i in range(groups):
+        if i == s:
+            reads = torch.ones_like(z_in[:, 0]) if shared_reads_all else z_in[:, s]
+        else:
+            reads = z_in[:, i] + (z_in[:, s] if tasks_read_shared else 0)
+        conv = torch.nn.functional.conv2d(x * reads[None, :, None, None], weight, padding=1)
+        out = out + z_out[:, i][None, :, None, None] * conv
+    return out
+
+
+def test_filter_group_routing_check():
+    from mtlutils.checks import check_filter_group_routing
+
+    assert check_filter_group_routing(_route, verbose=False).passed
+    assert "differs" in check_filter_group_routing(lambda *a: _route(*a, shared_reads_all=True), verbose=False).message
+    assert "differs" in check_filter_group_routing(lambda *a: _route(*a, tasks_read_shared=False),
+                                                   verbose=False).message
+    assert "gradient of z_out" in check_filter_group_routing(
+        lambda x, w, zo, zi: _route(x, w, zo.detach(), zi), verbose=False).message
+    assert "not implemented" in check_filter_group_routing(
+        lambda *a: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
+
+
+def test_authors_frequencies_check():
+    from mtlutils.checks import check_authors_frequencies
+
+    def draws(p, n, log=False):
+        v = p.clamp_min(1e-12).log() if log else p
+        g = -torch.log(-torch.log(torch.rand(n, len(p), dtype=p.dtype).clamp(1e-12, 1 - 1e-12)))
+        return (v + g).argmax(1).bincount(minlength=len(p)).double() / n
+
+    assert check_authors_frequencies(draws, verbose=False).passed
+    wrong = check_authors_frequencies(lambda p, n: draws(p, n, log=True), verbose=False)
+    assert not wrong.passed and "add the noise to p, not log p" in wrong.message
+    assert "one frequency per group" in check_authors_frequencies(lambda p, n: torch.ones(2), verbose=False).message

@@ -4,16 +4,21 @@ The 1,797 8x8 digits of ``sklearn.datasets.load_digits`` (UCI optical recognitio
 scikit-learn, so nothing is downloaded) are split once, by a fixed permutation, into a training pool
 (70%) and a test pool (30%): the train and test images are composed from *disjoint* source digits.
 Each image places one upscaled digit at the left and one at the right of a canvas, with random shifts,
-so that they overlap; pixels take the maximum of the two. Tasks: ``left`` and ``right`` (10 classes each).
+so that they overlap; pixels take the maximum of the two. Tasks: ``left`` and ``right`` (10 classes each);
+on request (``targets=``) also ``sum``, the sum of the two digits divided by 18 (a regression target in
+[0, 1], computed from the same labels: asking for it changes no image and no other target).
 """
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+TARGETS = ("left", "right", "sum")
+SUM_SCALE = 18.0  # the sum target is (left + right) / 18, in [0, 1]
 POOL_SEED = 20190601  # fixes the train/test split of the source digits; never changes
 TRAIN_FRACTION = 0.7
 
@@ -50,14 +55,18 @@ class MultiDigits(Dataset):
         size: canvas ``(H, W)``.
         digit_size: side of each upscaled digit; must fit the canvas height.
         noise: standard deviation of Gaussian pixel noise (clipped to [0, 1]).
+        targets: the targets of each sample, from :data:`TARGETS` (default the two digit classes).
     """
 
     task_names = ("left", "right")
 
     def __init__(self, split: str = "train", n: int = 6000, seed: int = 0, size: tuple[int, int] = (20, 28),
-                 digit_size: int = 14, noise: float = 0.0) -> None:
+                 digit_size: int = 14, noise: float = 0.0, targets: Sequence[str] = ("left", "right")) -> None:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        unknown = [t for t in targets if t not in TARGETS]
+        if unknown or not targets:
+            raise ValueError(f"unknown targets {unknown or list(targets)}; valid choices: {list(TARGETS)}")
         height, width = size
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
@@ -89,7 +98,10 @@ class MultiDigits(Dataset):
             canvas += rng.normal(0.0, noise, size=canvas.shape).astype(np.float32)
             np.clip(canvas, 0.0, 1.0, out=canvas)
         self.images = torch.from_numpy(canvas).unsqueeze(1)
-        self.targets = {"left": torch.from_numpy(labels[left_idx]), "right": torch.from_numpy(labels[right_idx])}
+        left, right = torch.from_numpy(labels[left_idx]), torch.from_numpy(labels[right_idx])
+        available = {"left": left, "right": right, "sum": (left + right).float() / SUM_SCALE}
+        self.targets = {name: available[name] for name in targets}
+        self.task_names = tuple(targets)
         self.sources = {"left": left_idx, "right": right_idx}  # indices into sklearn's digits
 
     def __len__(self) -> int:

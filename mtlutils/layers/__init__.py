@@ -8,5 +8,7 @@ from __future__ import annotations
 
 from .attention import AttentionModule
 from .cross_stitch import CrossStitch, CrossStitchFunction
+from .filter_groups import FilterGroupConv
+from .gumbel import gumbel_softmax
 
-__all__: list[str] = ["CrossStitch", "CrossStitchFunction", "AttentionModule"]
+__all__: list[str] = ["CrossStitch", "CrossStitchFunction", "AttentionModule", "FilterGroupConv", "gumbel_softmax"]

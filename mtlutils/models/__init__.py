@@ -18,6 +18,7 @@ from .cross_stitch import CrossStitchNetwork
 from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
 from .mtan import MTAN, STAN
 from .segnet import DenseHead, SegNetTrunk
+from .sfg import SFGNetwork
 from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
 
 __all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel"]
@@ -56,6 +57,7 @@ ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "cross_stitch": (CrossStitchNetwork, {}),     # Cross-Stitch: task nets mixed by learned alpha units
     "mtan": (MTAN, {}),                           # MTAN: shared net + per-task attention networks
     "stan": (STAN, {}),                           # STAN: one single-task MTAN per task
+    "sfg": (SFGNetwork, {}),                      # Stochastic Filter Groups: learned kernel grouping
 }
 
 
