@@ -20,6 +20,7 @@ import time
 import torch
 
 import mtlutils as mu
+from _timing import sync as _sync, train_step_seconds
 from mtlutils.layers.cross_stitch import CrossStitchFunction, mix
 from mtlutils.tasks import TASKS, seg_task
 
@@ -31,11 +32,6 @@ SETUPS = {  # label -> (architecture, options, units differentiated by autograd)
     "cross-stitch (stage, layer)": ("cross_stitch", {"granularity": "layer"}, False),
     "cross-stitch (conv, channel)": ("cross_stitch", {"stitch": "conv"}, False),
 }
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def make_batch(n: int, size: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -59,15 +55,7 @@ def training_steps(args, device: torch.device) -> dict[str, list[float]]:
         runs[label] = (model, torch.optim.SGD(groups, lr=1e-3, momentum=0.9))
 
     def step(model, optimizer) -> float:
-        _sync(device)
-        start = time.perf_counter()
-        out = model(batch["image"])
-        loss = sum(t.loss(out[t.name], batch[t.name]) for t in tasks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        _sync(device)
-        return time.perf_counter() - start
+        return train_step_seconds(model, optimizer, batch, tasks, device)
 
     times: dict[str, list[float]] = {label: [] for label in runs}
     labels = list(runs)

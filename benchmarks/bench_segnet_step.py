@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 import resource
 import statistics
-import time
 
 import torch
 
 import mtlutils as mu
+from _timing import train_step_seconds
 from mtlutils.tasks import TASKS, seg_task
 
 
@@ -40,20 +40,8 @@ def main() -> None:
         mu.seed_everything(0)
         model = mu.models.create(arch, tasks, width=args.width).to(device)
         opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-        times = []
-        for i in range(args.warmup + args.steps):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            out = model(batch["image"])
-            loss = sum(t.loss(out[t.name], batch[t.name]) for t in tasks)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= args.warmup:
-                times.append(time.perf_counter() - start)
+        times = [train_step_seconds(model, opt, batch, tasks, device)
+                 for _ in range(args.warmup + args.steps)][args.warmup:]
         median = statistics.median(times)
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated() / 2**20

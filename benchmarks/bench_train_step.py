@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 
 import mtlutils as mu
+from _timing import train_step_seconds
 from mtlutils.data import multidigits
 
 
@@ -23,21 +23,8 @@ def step_times(arch: str, width: float, batch: dict[str, torch.Tensor], tasks, s
     model = mu.models.create(arch, tasks, width=width).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     batch = {k: v.to(device) for k, v in batch.items()}
-    times = []
-    for i in range(warmup + steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        out = model(batch["image"])
-        loss = sum(t.loss(out[t.name], batch[t.name]) for t in tasks)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+    times = [train_step_seconds(model, optimizer, batch, tasks, device) for _ in range(warmup + steps)]
+    return times[warmup:]
 
 
 def main() -> None:

@@ -15,7 +15,8 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+
+from .tensors import TensorTasks
 
 TARGETS = ("left", "right", "sum")
 SUM_SCALE = 18.0  # the sum target is (left + right) / 18, in [0, 1]
@@ -43,7 +44,7 @@ def source_pools() -> dict[str, np.ndarray]:
     return {"train": np.sort(order[:cut]), "test": np.sort(order[cut:])}
 
 
-class MultiDigits(Dataset):
+class MultiDigits(TensorTasks):
     """Two-digit images with the labels of the left and the right digit.
 
     Samples are dicts ``{"image": (1, H, W) float32 in [0, 1], "left": int64, "right": int64}``.
@@ -103,14 +104,6 @@ class MultiDigits(Dataset):
         self.targets = {name: available[name] for name in targets}
         self.task_names = tuple(targets)
         self.sources = {"left": left_idx, "right": right_idx}  # indices into sklearn's digits
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = {"image": self.images[index]}
-        sample.update({name: t[index] for name, t in self.targets.items()})
-        return sample
 
 
 def multidigits(split: str = "train", n: int = 6000, seed: int = 0, **kwargs) -> MultiDigits:

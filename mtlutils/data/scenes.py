@@ -47,7 +47,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
+
+from .tensors import TensorTasks
 
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -505,7 +506,7 @@ def _save_cache(path: Path, key: dict[str, Any], arrays: dict[str, torch.Tensor]
 
 # ------------------------------------------------------------------------------------------ dataset
 
-class Scenes(Dataset):
+class Scenes(TensorTasks):
     """Procedural room scenes with semantic labels, depth and surface normals (the NYUv2 tasks).
 
     Samples are dicts ``{"image": (3, H, W) float32 in [0, 1], "seg": (H, W) int64 (-1 = void),
@@ -578,14 +579,6 @@ class Scenes(Dataset):
         self.targets = {"seg": seg, "depth": arrays["depth"].clone(),
                         "normal": arrays["normal"]}
         self.instances = arrays["instance"].clone()
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        sample = {"image": self.images[index]}
-        sample.update({name: t[index] for name, t in self.targets.items()})
-        return sample
 
 
 def make_scenes(n: int = 1000, size: tuple[int, int] = (64, 64), classes: int | str = 7, seed: int = 0,
