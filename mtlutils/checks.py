@@ -488,3 +488,29 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
         worst = max(worst, z)
     return _report(CheckResult(name, True, f"the authors' sampler follows Cat(softmax(p)) ({worst:.1f} standard "
                                            f"errors at worst)"), verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chapter 6
+def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckResult:
+    """Chapter 6 exercise: the claim rule ``verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True)``.
+
+    "A is better than B" is ``"held"`` when A's mean beats B's by more than ``a_std + b_std``,
+    ``"reversed"`` when it is worse by more than that, ``"within the spread"`` otherwise (also at a gap
+    equal to the spread). Tried for higher- and lower-is-better metrics and at the boundary.
+    """
+    name = "check_verdict"
+    cases = [((2.0, 0.5, 1.0, 0.25), True, "held"), ((1.0, 0.5, 2.0, 0.25), True, "reversed"),
+             ((1.25, 0.5, 1.0, 0.25), True, "within the spread"), ((1.5, 0.25, 1.0, 0.25), True, "within the spread"),
+             ((1.0, 0.25, 1.5, 0.25), True, "within the spread"), ((3.0, 0.0, 1.0, 0.0), True, "held"),
+             ((1.0, 0.125, 2.0, 0.125), False, "held"), ((2.0, 0.125, 1.0, 0.125), False, "reversed"),
+             ((1.0, 1.0, 1.5, 1.0), False, "within the spread")]
+    for (a_mean, a_std, b_mean, b_std), higher, expected in cases:
+        got, failure = _run(name, lambda: verdict(a_mean, a_std, b_mean, b_std, higher_is_better=higher))
+        if failure is not None:
+            return _report(failure, verbose)
+        if got != expected:
+            kind = "higher" if higher else "lower"
+            return _report(CheckResult(name, False, f"A = {a_mean} ± {a_std}, B = {b_mean} ± {b_std} ({kind} is "
+                                                    f"better): expected {expected!r}, got {got!r}"), verbose)
+    return _report(CheckResult(name, True, f"all {len(cases)} cases, both directions and the boundary"), verbose)

@@ -238,3 +238,25 @@ def test_authors_frequencies_check():
     wrong = check_authors_frequencies(lambda p, n: draws(p, n, log=True), verbose=False)
     assert not wrong.passed and "add the noise to p, not log p" in wrong.message
     assert "one frequency per group" in check_authors_frequencies(lambda p, n: torch.ones(2), verbose=False).message
+
+
+def test_verdict_check():
+    from mtlutils.checks import check_verdict
+
+    def good(a_mean, a_std, b_mean, b_std, higher_is_better=True):
+        gap = (a_mean - b_mean) if higher_is_better else (b_mean - a_mean)
+        return "held" if gap > a_std + b_std else "reversed" if gap < -(a_std + b_std) else "within the spread"
+
+    def ignores_direction(a_mean, a_std, b_mean, b_std, higher_is_better=True):
+        return good(a_mean, a_std, b_mean, b_std)
+
+    def inclusive(a_mean, a_std, b_mean, b_std, higher_is_better=True):
+        gap = (a_mean - b_mean) if higher_is_better else (b_mean - a_mean)
+        return "held" if gap >= a_std + b_std else "reversed" if gap <= -(a_std + b_std) else "within the spread"
+
+    def one_std(a_mean, a_std, b_mean, b_std, higher_is_better=True):
+        return good(a_mean, a_std, b_mean, 0.0, higher_is_better)
+
+    assert check_verdict(good, verbose=False).passed
+    for wrong in (ignores_direction, inclusive, one_std):
+        assert not check_verdict(wrong, verbose=False).passed, wrong.__name__
