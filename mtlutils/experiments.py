@@ -415,6 +415,19 @@ def _delta(row: Mapping[str, float], base: Mapping[str, float], metrics: Sequenc
     return delta_mtl({m: row[m] for m in usable}, {m: base[m] for m in usable}) if usable else float("nan")
 
 
+def verdict(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_better: bool = True) -> str:
+    """The claim rule of the reproduction chapter for "A is better than B", from means and standard
+    deviations over seeds: ``"held"`` if A's mean is better by more than ``a_std + b_std``, ``"reversed"``
+    if worse by more than that, ``"within the spread"`` otherwise (a gap equal to the spread included)."""
+    gap = (a_mean - b_mean) if higher_is_better else (b_mean - a_mean)
+    spread = a_std + b_std
+    if gap > spread:
+        return "held"
+    if gap < -spread:
+        return "reversed"
+    return "within the spread"
+
+
 def deltas_per_run(results: Sequence[Mapping[str, Any]], baseline: str = "single"):
     """:func:`runs_frame` with a ``delta_mtl_%`` column: each run against the ``baseline`` model's mean
     over seeds (same data, equal weighting), so that the spread of Δ_MTL over seeds can be read."""

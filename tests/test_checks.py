@@ -258,5 +258,7 @@ def test_verdict_check():
         return good(a_mean, a_std, b_mean, 0.0, higher_is_better)
 
     assert check_verdict(good, verbose=False).passed
+    from mtlutils.experiments import verdict
+    assert check_verdict(verdict, verbose=False).passed       # the rule chapter 6 uses
     for wrong in (ignores_direction, inclusive, one_std):
         assert not check_verdict(wrong, verbose=False).passed, wrong.__name__

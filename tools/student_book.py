@@ -33,6 +33,9 @@ def make_source(target: Path) -> None:
     shutil.copy(REPO / "_toc.yml", target / "_toc.yml")
     (target / "data").mkdir()
     shutil.copy(REPO / "data" / "README.md", target / "data" / "README.md")  # included by book/datasets.md
+    for folder in ("experiments", "results"):   # the reproduction chapter reads them (../experiments, ../results)
+        if (REPO / folder).exists():
+            shutil.copytree(REPO / folder, target / folder)
     config = yaml.safe_load((REPO / "_config.yml").read_text(encoding="utf-8"))
     config.setdefault("sphinx", {}).setdefault("config", {})["hide_solutions"] = True
     config["title"] = f"{config.get('title', 'mtl-book')} (student edition)"
