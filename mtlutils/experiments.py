@@ -341,13 +341,19 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def _is_done(path: Path, resolved: Mapping[str, Any]) -> bool:
+def _current_result(path: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result file at ``path`` if it was made with the settings ``resolved`` (same hash), else None."""
     if not path.is_file():
-        return False
+        return None
     try:
-        return json.loads(path.read_text(encoding="utf-8")).get("config_hash") == config_hash(resolved)
+        result = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
+    return result if result.get("config_hash") == config_hash(resolved) else None
+
+
+def _is_done(path: Path, resolved: Mapping[str, Any]) -> bool:
+    return _current_result(path, resolved) is not None
 
 
 def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoint_root: Path | None = None,
@@ -382,12 +388,8 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
 def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> list[dict[str, Any]]:
     """The result files of a config's grid that exist and match its current settings."""
     results = (results_root or REPO / "results") / cfg["name"] / "runs"
-    out = []
-    for run in grid(cfg):
-        path = results / f"{run.id}.json"
-        if _is_done(path, run_config(cfg, run)):
-            out.append(json.loads(path.read_text(encoding="utf-8")))
-    return out
+    found = (_current_result(results / f"{run.id}.json", run_config(cfg, run)) for run in grid(cfg))
+    return [result for result in found if result is not None]
 
 
 def runs_frame(results: Sequence[Mapping[str, Any]]):
@@ -405,7 +407,9 @@ def runs_frame(results: Sequence[Mapping[str, Any]]):
     return pd.DataFrame.from_records(records)
 
 
-def _metric_columns(frame) -> list[str]:
+def metric_columns(frame) -> list[str]:
+    """The metric columns (``<task>/<metric>``, not their `` std``) of a :func:`runs_frame` or
+    :func:`summarise` table."""
     return [c for c in frame.columns if "/" in c and not c.endswith(" std")]
 
 
@@ -432,7 +436,7 @@ def deltas_per_run(results: Sequence[Mapping[str, Any]], baseline: str = "single
     """:func:`runs_frame` with a ``delta_mtl_%`` column: each run against the ``baseline`` model's mean
     over seeds (same data, equal weighting), so that the spread of Δ_MTL over seeds can be read."""
     frame = runs_frame(results)
-    metrics = _metric_columns(frame)
+    metrics = metric_columns(frame)
     means = frame[frame["diverged"] == 0].groupby(["data", "model", "weighting"])[metrics].mean()
     deltas = []
     for _, row in frame.iterrows():
@@ -450,7 +454,7 @@ def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "sing
     metrics and do not enter the means; a metric whose baseline mean is 0 (no relative change defined)
     is left out of Δ_MTL."""
     frame = runs_frame(results)
-    metric_cols = _metric_columns(frame)
+    metric_cols = metric_columns(frame)
     keys = ["data", "model", "weighting"]
     grouped = frame.groupby(keys, sort=False)
     table = grouped[metric_cols].mean()
