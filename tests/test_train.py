@@ -35,6 +35,29 @@ def test_history_records_losses_weights_metrics(digit_tasks, tiny_loaders):
         history.series("val/left/mae")
 
 
+def test_without_train_metrics_the_training_is_the_same_and_only_losses_are_recorded(digit_tasks, tiny_digits):
+    runs = [run(digit_tasks, mu.data.loaders(*tiny_digits, batch_size=32, seed=0), 2, seed=3, train_metrics=flag)
+            for flag in (True, False)]
+    (with_model, with_metrics), (without_model, without) = runs
+    assert params_equal(with_model, without_model)
+    assert "train/left/accuracy" in with_metrics.rows[0] and "train/left/accuracy" not in without.rows[0]
+    for key in without.rows[0]:  # every recorded value (losses, weights, validation) is the same
+        assert without.series(key) == with_metrics.series(key), key
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_sgd_updates_equal_the_per_tensor_loop(digit_tasks, tiny_loaders, weight_decay):
+    # fit's "sgd" uses the fused (foreach) update; it must give the same weights, bit for bit
+    models = []
+    for fused in (True, False):
+        model = small_model("split", digit_tasks)
+        loop = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=weight_decay, foreach=False)
+        mu.fit(model, tiny_loaders[0], digit_tasks, epochs=2, optimizer="sgd" if fused else loop, lr=0.05,
+               weight_decay=weight_decay, progress=False, device="cpu")
+        models.append(model)
+    assert params_equal(*models)
+
+
 def test_training_reduces_the_loss(digit_tasks):
     train = mu.data.multidigits("train", n=512, seed=0)
     loader, _ = mu.data.loaders(train, batch_size=16, seed=0)
