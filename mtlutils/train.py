@@ -330,7 +330,7 @@ def _steps_per_epoch(data: Iterable[Batch], needed: bool) -> int:
 def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Task], weighting: Weighting,
                  opt: torch.optim.Optimizer, device: torch.device, epoch: int, seed: int,
                  grad_clip: float | None, checkpoint: Any, bar: Progress,
-                 train_metrics: bool = True) -> dict[str, float]:
+                 train_metrics: bool) -> dict[str, float]:
     """One training epoch; returns the epoch's History row (without validation entries)."""
     s = epoch_seed(seed, epoch)
     torch.manual_seed(s)
@@ -378,8 +378,8 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
         count += n
         for name in tasks:
             sums[name] += float(losses[name].detach()) * n
-            if train_metrics:
-                metrics[name].update(preds[name].detach(), batch[name])
+        for name, metric in metrics.items():  # empty without train_metrics
+            metric.update(preds[name].detach(), batch[name])
         bar.update(1, **{name: sums[name] / count for name in tasks})
     *loss_sums, reg_sum, steps, count = distributed.all_reduce_sums(
         [sums[name] for name in tasks] + [reg_sum, step if count else 0, count])
@@ -389,7 +389,7 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
         raise ValueError("the training data yielded no batch")
     for name in tasks:
         row[f"train/{name}/loss"] = sums[name] / count
-        if train_metrics:
+        if name in metrics:  # none without train_metrics
             row.update({f"train/{name}/{k}": v for k, v in metrics[name].compute().items()})
     if callable(regularization):
         row["train/model/regularization"] = reg_sum / steps
