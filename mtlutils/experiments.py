@@ -24,7 +24,8 @@ A config file (see ``experiments/*.toml``) holds
 * ``[profile.quick]`` / ``[profile.paper]``: nested overrides for a profile (``MTL_PROFILE``).
 
 Each finished run writes ``results/<name>/runs/<run id>.json``: the command, the resolved config and its
-hash, the git commit, seed, device, number of processes, library versions, wall time, the final metrics
+hash, the git commit, seed, device, number of processes, library versions, the machine's fingerprint
+(:func:`mtlutils.provenance.fingerprint`: what bit-equality of a repeat depends on), wall time, the final metrics
 under the stated protocol and the per-epoch history. A run whose file exists with the same config hash is
 skipped; an interrupted run resumes from its checkpoint (``checkpoints/<name>/<run id>.pt``, git-ignored).
 Only the main process writes files.
@@ -38,9 +39,7 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shlex
-import subprocess
 import sys
 import time
 import tomllib
@@ -52,7 +51,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import distributed
+from . import distributed, provenance
 from . import weighting as W
 from .config import PROFILE, PROFILES, seed_everything
 from .metrics import delta_mtl
@@ -244,24 +243,6 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------ runs
 
-def _git_commit() -> str:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (commit or "unknown") + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "mtlutils": __version__}
-
-
 def protocol_metrics(rows: Sequence[Mapping[str, float]], last: int) -> dict[str, float]:
     """Mean over the last ``last`` epochs of every validation metric (``val/<task>/<metric>``, losses
     excluded): the protocol of the result files."""
@@ -318,10 +299,11 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
     last = int(train_cfg["last_epochs"])
     result = {
         "format": RESULT_FORMAT, "run": run.id, "experiment": cfg["name"], "command": command,
-        "config": resolved, "config_hash": config_hash(resolved), "git_commit": _git_commit(),
+        "config": resolved, "config_hash": config_hash(resolved), "git_commit": provenance.git_commit(REPO),
         "seed": run.seed, "device": str(device), "processes": distributed.world()[1],
         "threads": torch.get_num_threads(),
-        "versions": _versions(), "wall_time_s": round(wall, 2),
+        "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
+        "versions": provenance.versions(), "wall_time_s": round(wall, 2),
         "seconds_per_epoch": [round(s, 3) for s in history.seconds], "parameters": n_params,
         "protocol": f"mean of the last {last} epoch(s)' validation metrics (dataset-wide)",
         "status": status, "error": error,
@@ -390,6 +372,12 @@ def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> li
     results = (results_root or REPO / "results") / cfg["name"] / "runs"
     found = (_current_result(results / f"{run.id}.json", run_config(cfg, run)) for run in grid(cfg))
     return [result for result in found if result is not None]
+
+
+def cell_runs(results: Sequence[Mapping[str, Any]], like: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The results of the same cell as ``like`` (same data, model and weighting; every seed)."""
+    key = tuple(like["config"][k] for k in ("data_name", "model", "weighting"))
+    return [r for r in results if tuple(r["config"][k] for k in ("data_name", "model", "weighting")) == key]
 
 
 def runs_frame(results: Sequence[Mapping[str, Any]]):

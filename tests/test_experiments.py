@@ -5,8 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from mtlutils import experiments as E
+from mtlutils import experiments as E, provenance
 
 CONFIG = """
 name = "unit"
@@ -75,8 +76,13 @@ def test_run_writes_provenance_skips_finished_runs_and_aggregates(config, tmp_pa
     assert len(files) == 4 and all(f.is_file() for f in files)
     record = json.loads(files[-1].read_text())
     for key in ("command", "config", "config_hash", "git_commit", "seed", "device", "processes", "versions",
-                "wall_time_s", "protocol", "metrics", "history"):
+                "fingerprint", "wall_time_s", "protocol", "metrics", "history"):
         assert key in record, key
+    # the same run again on this machine: every fingerprint item matches, so the metrics must be equal
+    again = E.execute(cfg, E.grid(cfg)[-1], tmp_path / "again", tmp_path / "ckpt_again", torch.device("cpu"),
+                      "test", progress=False)
+    check = provenance.compare_repeat(record, again, [record])
+    assert check.rule == "exact" and check.passed, check.explain()
     assert record["versions"]["torch"] and record["device"] == "cpu" and record["processes"] == 1
     last_two = [row["val/left/accuracy"] for row in record["history"][-2:]]
     assert record["metrics"]["left/accuracy"] == pytest.approx(sum(last_two) / 2)  # the stated protocol
