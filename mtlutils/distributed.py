@@ -198,6 +198,18 @@ def all_reduce_sums(values: Sequence[float]) -> list[float]:
     return t.cpu().tolist()
 
 
+def all_agree_finite(values: torch.Tensor) -> torch.Tensor:
+    """A 0-d bool tensor on ``values``' device: every element finite *in every process* (one all-reduce
+    of one number when several processes train; no host synchronisation by itself). Every process then
+    stops on the same step when one of them diverges, instead of one raising and the others waiting."""
+    ok = torch.isfinite(values).all()
+    if active():
+        flag = ok.to(torch.float32).reshape(1)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        ok = flag[0] > 0
+    return ok
+
+
 def average_gradients(parameters: Sequence[nn.Parameter]) -> None:
     """Average the gradients of parameters that DistributedDataParallel does not manage (e.g. the learned
     log-variances of uncertainty weighting) over the processes."""

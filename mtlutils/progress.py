@@ -43,12 +43,12 @@ class Progress:
     """
 
     def __init__(self, total: int, desc: str = "", enabled: bool | None = None,
-                 refresh_seconds: float = 0.5) -> None:
+                 refresh_seconds: float = 0.5, initial: int = 0) -> None:
         if enabled is None:
             enabled = os.environ.get("MTL_PROGRESS", "1") not in ("0", "false", "off")
         self.total = max(int(total), 0)
         self.desc = desc
-        self.n = 0
+        self.n = max(int(initial), 0)   # a resumed run starts where it stopped
         self.postfix: dict[str, Any] = {}
         self.enabled = enabled
         self.refresh_seconds = refresh_seconds
@@ -67,7 +67,7 @@ class Progress:
 
             interval = 0.1 if sys.stderr.isatty() else 10.0  # CI logs: a line every 10 s at most
             self._tqdm = tqdm(total=self.total, desc=desc, mininterval=interval, dynamic_ncols=True,
-                              file=sys.stderr)
+                              file=sys.stderr, initial=self.n)
 
     # -- rendering -------------------------------------------------------------------------------
     def _text(self) -> str:

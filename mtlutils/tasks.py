@@ -7,7 +7,8 @@ per task from ``out_channels``; the training loop calls :meth:`Task.loss`; evalu
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -76,11 +77,16 @@ class Task:
             ``"normal"`` (per-pixel unit normal, all-zero = invalid).
         out_channels: outputs of the task's head (classes for ``class``/``seg``, 1 for ``regress``/
             ``depth``, 3 for ``normal``).
+        output_bias: the initial bias of the head's last layer for a ``regress`` or ``depth`` task
+            (``None``: 0, the usual initialisation). Set to the training targets' mean, a network starts
+            by predicting that mean instead of 0, and a short run does not spend its first steps learning
+            an offset (depth in metres has a mean of several metres; see chapter 2).
     """
 
     name: str
     kind: str
     out_channels: int
+    output_bias: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -90,6 +96,10 @@ class Task:
             raise ValueError(f"task {self.name!r}: out_channels must be >= 1, got {self.out_channels}")
         if self.kind in ("class", "seg") and self.out_channels < 2:
             raise ValueError(f"task {self.name!r}: a classification task needs >= 2 classes")
+        if self.output_bias is not None and (self.kind not in ("regress", "depth")
+                                             or not math.isfinite(self.output_bias)):
+            raise ValueError(f"task {self.name!r}: output_bias is for regress/depth tasks and must be finite, "
+                             f"got {self.output_bias!r} for kind {self.kind!r}")
         fixed = {"depth": 1, "normal": 3}.get(self.kind)
         if fixed is not None and self.out_channels != fixed:
             raise ValueError(f"task {self.name!r} of kind {self.kind!r} has {fixed} output channel(s), "
@@ -144,6 +154,11 @@ TASKS: dict[str, Task] = {
     "age": Task("age", "regress", 1),     # UTKFace: age / 100
     "gender": Task("gender", "class", 2),  # UTKFace
 }
+
+
+def with_output_bias(task: Task, bias: float) -> Task:
+    """``task`` whose head starts at ``bias`` (see :attr:`Task.output_bias`)."""
+    return replace(task, output_bias=float(bias))
 
 
 def seg_task(classes: int, name: str = "seg") -> Task:

@@ -36,6 +36,8 @@ from __future__ import annotations
 import math
 import os
 import time
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -45,16 +47,30 @@ from torch import nn
 
 from . import distributed
 from .config import get_device
+from .fileio import atomic_write
 from .progress import Progress
 from .tasks import Task, as_task_dict
 from .weighting import EqualWeighting, Weighting
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2   # 2: with the run's settings, checked on resume
 Batch = Mapping[str, torch.Tensor]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A task loss became NaN or infinite during training."""
+    """A task loss (or the weighted total) became NaN or infinite during training.
+
+    Attributes: ``task`` (its name, or ``None`` for the weighted total / the epoch record), ``epoch``,
+    ``step`` (1-based within the epoch), ``value`` and ``history`` (the epochs completed before it)."""
+
+    def __init__(self, message: str, *, task: str | None = None, epoch: int = 0, step: int = 0,
+                 value: float = math.nan, history: "History | None" = None) -> None:
+        super().__init__(message)
+        self.task, self.epoch, self.step, self.value = task, epoch, step, value
+        self.history = history if history is not None else History()
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: corrupt, or written by a run with other settings."""
 
 
 @dataclass
@@ -81,6 +97,15 @@ class History:
         if self.rows and key not in self.rows[0]:
             raise KeyError(f"no {key!r} in the history; keys: {self.keys}")
         return [row[key] for row in self.rows]
+
+    def curve(self, split: str, task: str, quantity: str = "loss") -> list[float]:
+        """One quantity over the epochs: ``curve("val", "seg", "miou")``, ``curve("train", "depth")`` (the
+        loss), ``curve("weight", "depth")`` (the task weight; ``quantity`` ignored)."""
+        if split == "weight":
+            return self.series(f"weight/{task}")
+        if split not in ("train", "val"):
+            raise ValueError(f"split must be 'train', 'val' or 'weight', got {split!r}")
+        return self.series(f"{split}/{task}/{quantity}")
 
     def last(self) -> dict[str, float]:
         """The record of the last epoch."""
@@ -116,32 +141,97 @@ class History:
 
 # ---------------------------------------------------------------------------------------------------
 # checkpoints
-def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
-    """Write ``state`` to ``path`` atomically: a crash mid-write leaves the previous file intact."""
+def previous_checkpoint(path: str | os.PathLike) -> Path:
+    """Where :func:`save_checkpoint` keeps the checkpoint before the last one (the fallback)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    return path.with_name(path.name + ".prev")
+
+
+def save_checkpoint(state: Mapping[str, Any], path: str | os.PathLike) -> Path:
+    """Write ``state`` to ``path`` atomically, keeping the checkpoint it replaces as
+    :func:`previous_checkpoint`: a crash mid-write leaves the last complete checkpoint, and a checkpoint
+    damaged later on disk still has an intact predecessor."""
+    return atomic_write(path, lambda handle: torch.save(dict(state), handle),
+                        keep_previous=previous_checkpoint(path))
+
+
+def remove_checkpoint(path: str | os.PathLike) -> None:
+    """Delete a checkpoint and its predecessor (missing files are fine)."""
+    for p in (Path(path), previous_checkpoint(path)):
+        p.unlink(missing_ok=True)
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """Raise :class:`CheckpointError` naming ``path`` unless it is an intact checkpoint archive: every
+    member of the zip archive that ``torch.save`` writes is read and its CRC-32 checked, which catches
+    truncation and damaged bytes before anything is loaded."""
+    path = Path(path)
     try:
-        with open(tmp, "wb") as handle:
-            torch.save(dict(state), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} is damaged or truncated ({err})") from None
+    if bad is not None:
+        raise CheckpointError(f"checkpoint {path} is damaged: the CRC of {bad!r} does not match its data")
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit` (``weights_only=True``: no code is unpickled)."""
+    """Load a checkpoint written by :func:`fit` after verifying it (:func:`verify_checkpoint`;
+    ``weights_only=True``: no code is unpickled)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = torch.load(path, map_location=map_location, weights_only=True)
-    if state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a mtlutils checkpoint (format {state.get('format')!r})")
+    verify_checkpoint(path)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds; the path must be named
+        raise CheckpointError(f"checkpoint {path} could not be loaded: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"{path} is not a mtlutils checkpoint of format {CHECKPOINT_FORMAT} (found {found!r}); "
+                         f"delete it to start the run afresh")
     return state
+
+
+def _resume_state(path: Path, device: torch.device) -> dict[str, Any] | None:
+    """The newest intact checkpoint of ``path`` or its predecessor; None if neither exists. A damaged
+    newest one falls back to the predecessor with a warning; if both are damaged, one error names both."""
+    candidates = [p for p in (path, previous_checkpoint(path)) if p.is_file()]
+    problems = []
+    for candidate in candidates:
+        try:
+            state = load_checkpoint(candidate, map_location=device)
+        except (CheckpointError, ValueError) as err:
+            problems.append(str(err))
+            continue
+        if problems:
+            warnings.warn(f"{problems[0]}; resuming from the previous checkpoint {candidate} instead "
+                          f"(epoch {state.get('epoch')})", RuntimeWarning, stacklevel=3)
+        return state
+    if problems:
+        raise CheckpointError("; ".join(problems) + f". No intact checkpoint is left: delete {path} (and "
+                              f"{previous_checkpoint(path).name}) to train the run again from the start")
+    return None
+
+
+def _settings(seed: int, epochs: int, opt: torch.optim.Optimizer, weighting: Weighting, model: nn.Module,
+              sched: Any) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed: a checkpoint of other settings is another run."""
+    return {"seed": seed, "epochs": epochs, "model": type(model).__name__,
+            "optimizer": type(opt).__name__, "param_groups": len(opt.param_groups),
+            "lr": [float(g.get("initial_lr", g["lr"])) for g in opt.param_groups],
+            "weight_decay": [float(g.get("weight_decay", 0.0)) for g in opt.param_groups],
+            "weighting": type(weighting).__name__, "scheduler": type(sched).__name__ if sched is not None else None}
+
+
+def _check_settings(path: Path, stored: Mapping[str, Any] | None, current: Mapping[str, Any]) -> None:
+    if stored is None:
+        raise CheckpointError(f"checkpoint {path} records no settings; delete it to start afresh")
+    differ = [f"{k} {stored.get(k)!r} (checkpoint) vs {current[k]!r} (now)" for k in current
+              if stored.get(k) != current[k]]
+    if differ:
+        raise CheckpointError(f"checkpoint {path} belongs to a run with other settings: {'; '.join(differ)}. "
+                              f"Delete it to start this run afresh, or restore the settings to resume it")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -221,13 +311,45 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return (seed * 1_000_003 + epoch) % (2**63 - 1)
 
 
+@dataclass
+class TrainState:
+    """What :func:`fit` shows its callbacks: the objects being trained and where the loop stands.
+
+    ``epoch`` (1-based), ``step`` (1-based within the epoch), ``global_step`` (steps done over all epochs,
+    this one included), ``losses`` (this step's unweighted task losses, detached; ``None`` at the end of
+    an epoch) and ``history`` (the epochs completed so far; at ``on_epoch_end`` it holds this epoch).
+    """
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    weighting: Weighting
+    history: "History"
+    epoch: int = 0
+    step: int = 0
+    global_step: int = 0
+    losses: dict[str, torch.Tensor] | None = None
+
+
+class Callback:
+    """Base of :func:`fit`'s callbacks: override what you need. ``on_step`` runs after every optimiser
+    step, ``on_epoch_end`` after every epoch (validation and checkpoint done). A callback observes; to keep
+    a resumed run equal to an uninterrupted one, it must not change the training."""
+
+    def on_step(self, state: TrainState) -> None:
+        """After every optimiser step."""
+
+    def on_epoch_end(self, state: TrainState) -> None:
+        """After every epoch (its History row appended, its checkpoint written)."""
+
+
 def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | Iterable[Task]",
         weighting: Weighting | None = None, *, epochs: int = 10, lr: float = 1e-3,
         optimizer: "str | torch.optim.Optimizer | None" = None, weight_decay: float = 0.0,
         scheduler: Callable[[torch.optim.Optimizer], Any] | None = None,
         val_data: Iterable[Batch] | None = None, device: torch.device | str | None = None, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-        label: str = "", grad_clip: float | None = None, train_metrics: bool = True) -> History:
+        label: str = "", grad_clip: float | None = None, train_metrics: bool = True,
+        callbacks: "Iterable[Callback]" = ()) -> History:
     """Train ``model`` on ``data`` for the ``tasks``, combining their losses with ``weighting``.
 
     Args:
@@ -243,19 +365,26 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
         val_data: evaluated after every epoch (losses and metrics in the History).
         device: default :func:`~mtlutils.config.get_device` (CUDA > MPS > CPU).
         seed: fixes the randomness of every epoch (shuffling, dropout, sampling).
-        checkpoint: file written after every epoch; ``resume=True`` continues from it if it exists.
+        checkpoint: file written after every epoch (the one before is kept as ``<file>.prev``);
+            ``resume=True`` continues from it if it exists. A damaged checkpoint falls back to the previous
+            one; a checkpoint of other settings (seed, epochs, optimiser, learning rates, weight decay,
+            weighting, model class, scheduler) is refused with :class:`CheckpointError`.
         progress: show a progress bar; ``label`` names the run on it.
         grad_clip: clip the gradient norm to this value.
         train_metrics: also compute the tasks' metrics on the training batches (``train/<task>/<metric>``
             in the History); ``False`` records the losses only and saves their cost (about 7 % of a
             step for a small SegNet on CPU). Training itself is the same either way.
+        callbacks: :class:`Callback` objects (anything with ``on_step(state)`` / ``on_epoch_end(state)``)
+            that observe the training, e.g. to record α or group fractions as they move.
 
     Raises:
-        NonFiniteLossError: a task loss became NaN/inf (the last checkpoint is kept).
+        NonFiniteLossError: a task loss became NaN/inf; it carries the task, epoch, step and the History
+            of the epochs before (the last checkpoint is kept).
+        CheckpointError: ``resume`` found only damaged checkpoints, or one of other settings.
     """
     tasks = as_task_dict(list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks))
-    if epochs < 1:
-        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     weighting = weighting if weighting is not None else EqualWeighting(tasks)
     if set(weighting.task_names) != set(tasks):
         raise ValueError(f"weighting is for tasks {weighting.task_names}, training tasks are {list(tasks)}")
@@ -272,30 +401,40 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     if extra and not all(id(p) in known for p in extra):
         opt.add_param_group({"params": [p for p in extra if id(p) not in known]})
     sched = scheduler(opt) if scheduler is not None else None
+    settings = _settings(seed, epochs, opt, weighting, inner, sched)
+    callbacks = list(callbacks)
 
     history = History()
     start = 0
-    if checkpoint is not None and resume and Path(checkpoint).is_file():
-        state = load_checkpoint(checkpoint, map_location=device)
-        inner.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        weighting.load_state_dict(state["weighting"])
-        if sched is not None and state.get("scheduler") is not None:
-            sched.load_state_dict(state["scheduler"])
-        history = History.from_state(state["history"])
-        start = int(state["epoch"])
+    if checkpoint is not None and resume:
+        state = _resume_state(Path(checkpoint), device)
+        if state is not None:
+            _check_settings(Path(checkpoint), state.get("settings"), settings)
+            inner.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            weighting.load_state_dict(state["weighting"])
+            if sched is not None and state.get("scheduler") is not None:
+                sched.load_state_dict(state["scheduler"])
+            history = History.from_state(state["history"])
+            start = int(state["epoch"])
 
     steps = _steps_per_epoch(data, needed=False)
     prefix = f"{label} · " if label else ""
     bar = Progress(total=steps * epochs, desc=f"{prefix}epoch {start}/{epochs}",
-                   enabled=progress and distributed.is_main())
-    bar.n = steps * start
+                   enabled=progress and distributed.is_main(), initial=steps * start)
+    loop = TrainState(model=model, optimizer=opt, weighting=weighting, history=history,
+                      global_step=steps * start)
     try:
         for epoch in range(start + 1, epochs + 1):
             began = time.perf_counter()
             bar.set_description(f"{prefix}epoch {epoch}/{epochs}")
-            row = _train_epoch(model, data, tasks, weighting, opt, device, epoch, seed, grad_clip,
-                               checkpoint, bar, train_metrics)
+            loop.epoch = epoch
+            try:
+                row = _train_epoch(loop, data, tasks, device, seed, grad_clip, checkpoint, bar, train_metrics,
+                                   callbacks)
+            except NonFiniteLossError as err:
+                err.history = History.from_state(history.state())
+                raise
             weighting.end_epoch({name: row[f"train/{name}/loss"] for name in tasks})
             if val_data is not None:
                 row.update({f"val/{k}": v for k, v in evaluate(model, val_data, tasks, device).items()})
@@ -306,11 +445,15 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
             if val_data is not None:
                 bar.update(0, **{f"val {name}": row[f"val/{name}/loss"] for name in tasks})
             if checkpoint is not None and distributed.is_main():
-                save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "seed": seed,
+                save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": epoch, "seed": seed, "settings": settings,
                                  "model": inner.state_dict(), "optimizer": opt.state_dict(),
                                  "weighting": weighting.state_dict(),
                                  "scheduler": sched.state_dict() if sched is not None else None,
                                  "history": history.state()}, checkpoint)
+            loop.losses = None
+            for callback in callbacks:
+                if hasattr(callback, "on_epoch_end"):
+                    callback.on_epoch_end(loop)
     finally:
         bar.close()
     return history
@@ -327,11 +470,33 @@ def _steps_per_epoch(data: Iterable[Batch], needed: bool) -> int:
         return 0
 
 
-def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Task], weighting: Weighting,
-                 opt: torch.optim.Optimizer, device: torch.device, epoch: int, seed: int,
-                 grad_clip: float | None, checkpoint: Any, bar: Progress,
-                 train_metrics: bool) -> dict[str, float]:
-    """One training epoch; returns the epoch's History row (without validation entries)."""
+def _non_finite(loop: TrainState, names: list[str], values: torch.Tensor, step: int, checkpoint: Any
+                ) -> NonFiniteLossError:
+    """The error for the first non-finite entry of ``values`` (task losses, then the weighted total), or
+    for another process's loss when every local value is finite."""
+    finite = torch.isfinite(values)
+    kept = f"; the last good checkpoint is kept at {checkpoint}" if checkpoint else ""
+    where = dict(epoch=loop.epoch, step=step)
+    if bool(finite.all()):
+        return NonFiniteLossError(f"a loss of another process is non-finite at epoch {loop.epoch}, step {step}"
+                                  f"{kept}", **where)
+    bad = int((~finite).nonzero()[0, 0])
+    value = float(values[bad])
+    if bad < len(names):
+        return NonFiniteLossError(f"loss of task {names[bad]!r} is {value} at epoch {loop.epoch}, step {step}{kept}",
+                                  task=names[bad], value=value, **where)
+    return NonFiniteLossError(f"the weighted total loss is {value} at epoch {loop.epoch}, step {step}{kept}",
+                              value=value, **where)
+
+
+def _train_epoch(loop: TrainState, data: Iterable[Batch], tasks: Mapping[str, Task], device: torch.device,
+                 seed: int, grad_clip: float | None, checkpoint: Any, bar: Progress, train_metrics: bool,
+                 callbacks: list[Any]) -> dict[str, float]:
+    """One training epoch; returns the epoch's History row (without validation entries).
+
+    The step reads one value from the device (whether every loss is finite, in every process, together
+    with the running loss sums for the progress bar): one host synchronisation per step."""
+    model, weighting, opt, epoch = loop.model, loop.weighting, loop.optimizer, loop.epoch
     s = epoch_seed(seed, epoch)
     torch.manual_seed(s)
     generator = getattr(data, "generator", None)
@@ -339,7 +504,9 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
         generator.manual_seed(s)
     model.train()
     weighting.train()
-    sums = {name: 0.0 for name in tasks}
+    names = list(tasks)
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)   # per-task loss * batch size
+    reg_sum = torch.zeros((), dtype=torch.float64, device=device)
     metrics = {name: task.new_metrics() for name, task in tasks.items()} if train_metrics else {}
     count = 0
     row: dict[str, float] = {"epoch": float(epoch)}
@@ -348,51 +515,53 @@ def _train_epoch(model: nn.Module, data: Iterable[Batch], tasks: Mapping[str, Ta
     on_step = getattr(inner, "on_train_step", None)
     regularization = getattr(inner, "regularization", None)
     own_params = [p for p in weighting.parameters() if p.requires_grad]
+    clip_params = [p for group in opt.param_groups for p in group["params"]] if grad_clip is not None else []
     first_step = (epoch - 1) * _steps_per_epoch(data, needed=callable(on_step))
-    reg_sum = 0.0
+    step = 0
     for step, batch in enumerate(data, start=1):
         batch = _move(batch, device)
         if callable(on_step):
             on_step(first_step + step - 1)
         preds, losses = _task_losses(model, batch, tasks)
-        for name, value in losses.items():
-            if not torch.isfinite(value):
-                kept = f"; the last good checkpoint is kept at {checkpoint}" if checkpoint else ""
-                raise NonFiniteLossError(f"loss of task {name!r} is {float(value.detach())} at epoch {epoch}, "
-                                         f"step {step}{kept}")
         total = weighting.combine(losses)
         if callable(regularization):
             reg = regularization()
-            reg_sum += float(reg.detach())
+            reg_sum += reg.detach().double()
             total = total + reg
-        if not torch.isfinite(total):
-            raise NonFiniteLossError(f"the weighted total loss is {float(total.detach())} at epoch {epoch}, step {step}")
+        detached = torch.stack([losses[name].detach() for name in names] + [total.detach()])
+        ok = distributed.all_agree_finite(detached)
+        n = batch["image"].shape[0]
+        sums += detached[:-1].double() * n
+        read = torch.cat([ok.reshape(1).double(), sums]).tolist()   # the step's one host synchronisation
+        if not read[0]:
+            raise _non_finite(loop, names, detached, step, checkpoint)
         opt.zero_grad(set_to_none=True)
         total.backward()
         distributed.average_gradients(own_params)
         if grad_clip is not None:
-            params = [p for group in opt.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)
         opt.step()
-        n = batch["image"].shape[0]
         count += n
-        for name in tasks:
-            sums[name] += float(losses[name].detach()) * n
         for name, metric in metrics.items():  # empty without train_metrics
             metric.update(preds[name].detach(), batch[name])
-        bar.update(1, **{name: sums[name] / count for name in tasks})
-    *loss_sums, reg_sum, steps, count = distributed.all_reduce_sums(
-        [sums[name] for name in tasks] + [reg_sum, step if count else 0, count])
-    sums = dict(zip(tasks, loss_sums))
+        bar.update(1, **{name: read[1 + i] / count for i, name in enumerate(names)})
+        loop.step, loop.global_step = step, loop.global_step + 1
+        if callbacks:
+            loop.losses = {name: losses[name].detach() for name in names}
+            for callback in callbacks:
+                if hasattr(callback, "on_step"):
+                    callback.on_step(loop)
+    *loss_sums, reg_total, steps, count = distributed.all_reduce_sums(
+        sums.tolist() + [float(reg_sum), step if count else 0, count])
     distributed.merge_metrics(metrics)
     if count == 0:
         raise ValueError("the training data yielded no batch")
-    for name in tasks:
-        row[f"train/{name}/loss"] = sums[name] / count
+    for name, value in zip(names, loss_sums):
+        row[f"train/{name}/loss"] = value / count
         if name in metrics:  # none without train_metrics
             row.update({f"train/{name}/{k}": v for k, v in metrics[name].compute().items()})
     if callable(regularization):
-        row["train/model/regularization"] = reg_sum / steps
+        row["train/model/regularization"] = reg_total / steps
     if any(not math.isfinite(v) for v in row.values()):  # metrics can only be non-finite on bad data
-        raise NonFiniteLossError(f"non-finite value in the epoch {epoch} record: {row}")
+        raise NonFiniteLossError(f"non-finite value in the epoch {epoch} record: {row}", epoch=epoch, step=step)
     return row

@@ -51,3 +51,15 @@ class ListLoader:
 def params_equal(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class StopAtEpoch(mu.train.Callback):
+    """Interrupts training at the first step of ``epoch`` (as a power cut would): the checkpoint then
+    holds the epochs before it."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_step(self, state: mu.train.TrainState) -> None:
+        if state.epoch == self.epoch:
+            raise KeyboardInterrupt(f"stopped in epoch {self.epoch}")

@@ -82,3 +82,56 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     # the loss fell, so the comparison is between runs that learned something
     losses = [row["train/left/loss"] for row in one["history"]]
     assert losses[1] < losses[0]
+
+
+ONE_RANK_DIVERGES = """
+import json, math, sys
+import torch
+import mtlutils as mu
+from mtlutils import distributed
+from mtlutils.train import NonFiniteLossError
+
+device = distributed.setup()
+rank, _ = distributed.world()
+tasks = [mu.Task("left", "class", 10), mu.Task("size", "regress", 1)]
+g = torch.Generator().manual_seed(0)
+batches = [{"image": torch.rand(8, 1, 20, 28, generator=g), "left": torch.randint(0, 10, (8,), generator=g),
+            "size": torch.rand(8, generator=g)} for _ in range(3)]
+if rank == 1:   # only this process sees a bad target, in epoch 2, step 2
+    batches = [dict(b) for b in batches]
+    poisoned = dict(batches[1], size=torch.full((8,), math.nan))
+class Data:
+    epoch = 0
+    def __len__(self):
+        return len(batches)
+    def __iter__(self):
+        self.epoch += 1
+        for i, b in enumerate(batches):
+            yield poisoned if (rank == 1 and self.epoch == 2 and i == 1) else b
+torch.manual_seed(0)
+model = distributed.prepare_model(mu.models.create("split", tasks, width=0.25), device)
+try:
+    mu.fit(model, Data(), tasks, epochs=3, progress=False, device=device)
+    out = {"raised": False}
+except NonFiniteLossError as err:
+    out = {"raised": True, "epoch": err.epoch, "step": err.step, "task": err.task, "epochs_kept": len(err.history)}
+with open(sys.argv[1] + f".{rank}", "w") as handle:
+    json.dump(out, handle)
+distributed.cleanup()
+"""
+
+
+def test_one_diverging_process_stops_every_process_on_the_same_step(tmp_path):
+    script = tmp_path / "diverge.py"
+    script.write_text(ONE_RANK_DIVERGES)
+    out = tmp_path / "outcome"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+               str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rank0, rank1 = (json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1))
+    assert rank0["raised"] and rank1["raised"], (rank0, rank1)
+    assert (rank0["epoch"], rank0["step"]) == (rank1["epoch"], rank1["step"]) == (2, 2)
+    assert rank1["task"] == "size" and rank0["task"] is None      # rank 0 learns it from the all-reduce
+    assert rank0["epochs_kept"] == rank1["epochs_kept"] == 1

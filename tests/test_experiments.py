@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import mtlutils as mu
 from mtlutils import experiments as E, provenance
 
 CONFIG = """
@@ -42,19 +43,12 @@ def config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_profiles_override_and_the_grid_skips_weightings_of_single_task_models(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(CONFIG)
+    path.write_text(CONFIG.replace('"other"', '"dwa"'))
     full, quick = E.load_config(path, "full"), E.load_config(path, "quick")
     assert full["train"]["epochs"] == 2 and quick["train"]["epochs"] == 1
     runs = [r.id for r in E.grid(full)]
-    assert "digits__single__other__seed0" not in runs and "digits__split__other__seed0" in runs
+    assert "digits__single__dwa__seed0" not in runs and "digits__split__dwa__seed0" in runs
     assert len(runs) == 2 * 1 + 2 * 2  # single: equal only; split: two weightings; two seeds
-    with pytest.raises(ValueError, match="unknown weighting 'other'"):
-        E.run_config(full, E.Run("digits", "split", "other", 0))
-    with pytest.raises(ValueError, match="unknown architecture 'nope'"):
-        E.run_config(full, E.Run("digits", "nope", "equal", 0))
-    full["grid"]["seeds"] = [0, 0]
-    with pytest.raises(ValueError, match="lists 0 twice"):
-        E.grid(full)
 
 
 def test_bad_configs_say_what_is_wrong(tmp_path):
@@ -62,11 +56,55 @@ def test_bad_configs_say_what_is_wrong(tmp_path):
         E.load_config(tmp_path / "missing.toml")
     path = tmp_path / "bad.toml"
     path.write_text('name = "x"\n[grid]\ndata = ["d"]\nmodels = ["split"]\n')
-    with pytest.raises(ValueError, match="needs a 'data' entry"):
+    with pytest.raises(E.ConfigError, match="data: missing"):
         E.load_config(path, "full")
     path.write_text(CONFIG.replace('kind = "multidigits"', 'kind = "imagenet"'))
-    with pytest.raises(ValueError, match="unknown data kind 'imagenet'"):
-        E.build_data(E.load_config(path, "full")["data"]["digits"])
+    with pytest.raises(E.ConfigError, match=r"data.digits.kind: expected one of .*got 'imagenet'"):
+        E.load_config(path, "full")
+    path.write_text("name = [")
+    with pytest.raises(E.ConfigError, match="not valid TOML"):
+        E.load_config(path, "full")
+
+
+TYPOS = {  # a mistake in the file -> what the error must say
+    ("epochs = 2\n", "epoch = 2\n"): "train.epoch: unknown key",
+    ("[train]", "[trian]"): "trian: unknown key",
+    ("n_val = 32", "n_val = 32\nclases = 3"): "data.digits.clases: unknown key",
+    ("epochs = 2\n", "epochs = 2.7\n"): "train.epochs: expected an integer >= 1, got 2.7",
+    ("last_epochs = 2", "last_epochs = 0"): "train.last_epochs: expected an integer >= 1",
+    ('name = "unit"', 'name = "../elsewhere"'): "name: expected a name",
+    ('name = "unit"', 'name = "a/b"'): "name: expected a name",
+    ('"dwa"]', '"nope"]'): "grid.weightings: unknown weighting 'nope'",
+    ('models = ["single", "split"]', 'models = ["single", "splitt"]'): "grid.models: 'splitt' is neither",
+    ("seeds = [0, 1]", "seeds = [0, 0]"): r"grid.seeds: lists \['0'\] twice",
+    ("seeds = [0, 1]", 'seeds = ["0"]'): "grid.seeds: expected a non-empty list of integers",
+    ("width = 0.25", 'width = 0.25\noptimizer = "adamw"'): r"train.optimizer: expected one of \['adam', 'sgd'\]",
+    ("[grid]", "[models.split]\noptions = { sttch = 1 }\n[grid]"): "models.split.options.sttch: unknown key",
+    ("[grid]", '[models.split]\narch = "mtann"\n[grid]'): "models.split.arch: unknown architecture 'mtann'",
+}
+
+
+@pytest.mark.parametrize("typo", list(TYPOS), ids=[v.split(":")[0] for v in TYPOS.values()])
+def test_a_typo_fails_before_anything_trains_naming_the_key(tmp_path, typo):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG.replace('"other"', '"dwa"').replace(*typo))
+    with pytest.raises(E.ConfigError, match=TYPOS[typo]):
+        E.load_config(path, "full")
+
+
+def test_every_problem_is_listed_at_once(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(CONFIG.replace("epochs = 2\n", "epoch = 2\n").replace("n_val = 32", "n_val = -1"))
+    with pytest.raises(E.ConfigError) as info:
+        E.load_config(path, "full")
+    text = str(info.value)
+    assert "4 problem(s)" in text and "train.epoch" in text and "data.digits.n_val" in text and "'other'" in text
+
+
+def test_the_committed_grids_pass_the_schema():
+    for path in sorted((Path(__file__).parents[1] / "experiments").glob("*.toml")):
+        for profile in ("quick", "full", "paper"):
+            E.load_config(path, profile)
 
 
 def test_run_writes_provenance_skips_finished_runs_and_aggregates(config, tmp_path, capsys):
@@ -89,10 +127,10 @@ def test_run_writes_provenance_skips_finished_runs_and_aggregates(config, tmp_pa
 
     capsys.readouterr()
     E.run_grid(cfg, results, ckpt, progress=False)                     # everything done: nothing trains
-    assert capsys.readouterr().out.count("done, skipped") == 4
+    assert "4 done, 0 to train" in capsys.readouterr().out
 
     changed = E.load_config(config, "quick")                          # other settings: runs again
-    assert not E._is_done(files[0], E.run_config(changed, E.grid(changed)[0]))
+    assert not E.is_done(files[0], E.run_config(changed, E.grid(changed)[0]))
 
     summary = E.aggregate(cfg, results)
     import pandas as pd
@@ -113,21 +151,17 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(config, tmp_path, monkey
     run = E.grid(cfg)[0]
     uninterrupted = E.execute(cfg, run, tmp_path / "r0", tmp_path / "c0", E.distributed.setup(), "test", False)
 
-    import mtlutils.train as T
+    class CrashInEpoch2(mu.train.Callback):
+        def on_step(self, state):
+            if state.epoch == 2:
+                raise KeyboardInterrupt("stopped")
 
-    real = T._train_epoch
-
-    def crash_in_epoch_2(*args, **kwargs):
-        if args[6] == 2:   # epoch
-            raise KeyboardInterrupt("stopped")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(T, "_train_epoch", crash_in_epoch_2)
     with pytest.raises(KeyboardInterrupt):
-        E.execute(cfg, run, results, ckpt, E.distributed.setup(), "test", False)
-    assert (ckpt / f"{run.id}.pt").is_file() and not (results / "runs" / f"{run.id}.json").exists()
-    monkeypatch.setattr(T, "_train_epoch", real)
+        E.execute(cfg, run, results, ckpt, E.distributed.setup(), "test", False, callbacks=[CrashInEpoch2()])
+    checkpoint = E.checkpoint_path(ckpt, run, E.run_config(cfg, run))
+    assert checkpoint.is_file() and not (results / "runs" / f"{run.id}.json").exists()
     resumed = E.execute(cfg, run, results, ckpt, E.distributed.setup(), "test", False)
+    assert not checkpoint.exists(), "the checkpoint is deleted once the result is written"
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
 
@@ -158,7 +192,7 @@ def test_per_run_deltas_spread_around_the_table_value(config, tmp_path):
 
 def test_data_sections_can_set_model_options(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text(CONFIG + '\n[data.digits.model_options.split]\nhidden = 8\n')
+    path.write_text(CONFIG.replace('"other"', '"dwa"') + '\n[data.digits.model_options.split]\nhidden = 8\n')
     cfg = E.load_config(path, "full")
     assert E.run_config(cfg, E.Run("digits", "split", "equal", 0))["options"] == {"hidden": 8}
     assert "model_options" not in E.run_config(cfg, E.Run("digits", "split", "equal", 0))["data"]

@@ -73,3 +73,35 @@ def test_parameter_counts_and_budget_matching():
 def test_models_are_deterministic_given_the_seed():
     a, b = small_model("split", TASKS, seed=7), small_model("split", TASKS, seed=7)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.parametrize("arch", ["single", "split", "mtan", "cross_stitch", "dense", "sfg"])
+def test_output_bias_starts_dense_and_image_level_heads_at_the_given_mean(arch):
+    """Task.output_bias sets the head's last bias and draws no random numbers (same weights otherwise)."""
+    from mtlutils.tasks import with_output_bias
+
+    dense = [mu.tasks.seg_task(3), mu.TASKS["depth"]]
+    torch.manual_seed(0)
+    plain = mu.models.create(arch, dense, width=0.0625)
+    torch.manual_seed(0)
+    biased = mu.models.create(arch, [dense[0], with_output_bias(mu.TASKS["depth"], 4.2)], width=0.0625)
+    a, b = plain.state_dict(), biased.state_dict()
+    changed = [k for k in a if not torch.equal(a[k], b[k])]
+    assert changed and all("depth" in k and k.endswith("bias") for k in changed), changed
+    plain.eval(), biased.eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        shift = biased(x)["depth"] - plain(x)["depth"]
+    assert torch.allclose(shift, torch.full_like(shift, 4.2), atol=1e-5)
+    torch.manual_seed(0)
+    mlp = mu.models.create("split", [with_output_bias(mu.TASKS["sum"], 0.5), mu.TASKS["left"]], width=0.25)
+    assert torch.all(mlp.heads["sum"].net[-1].bias == 0.5)
+
+
+def test_output_bias_is_only_for_regression_kinds():
+    from mtlutils.tasks import with_output_bias
+
+    with pytest.raises(ValueError, match="output_bias"):
+        with_output_bias(mu.TASKS["left"], 1.0)
+    with pytest.raises(ValueError, match="finite"):
+        with_output_bias(mu.TASKS["depth"], float("nan"))

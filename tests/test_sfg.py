@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import mtlutils as mu
+
+from conftest import StopAtEpoch
 from mtlutils.layers import FilterGroupConv, gumbel_softmax
 from mtlutils.layers.filter_groups import (filter_group_conv, filter_group_conv_masked, fixed_assignment,
                                            group_entropy, kernel_input_mask, log_probs, routing_matrix)
@@ -430,18 +432,19 @@ def test_fit_trains_sfg_logs_the_regulariser_and_resumes_exactly(tmp_path):
     train = mu.data.multidigits("train", n=64, seed=0, targets=("sum", "left"))
     loader, _ = mu.data.loaders(train, None, batch_size=16, seed=0)
 
-    def run(epochs, resume=False):
+    def run(epochs, resume=False, callbacks=()):
         model = sfg(entropy_weight=1e-3, group_lr=10.0, anneal_rate=0.05, temperature=1.0)
         history = mu.fit(model, loader, DIGITS, epochs=epochs, seed=0, progress=False, device="cpu",
-                         checkpoint=tmp_path / "sfg.pt", resume=resume, weight_decay=5e-4)
+                         checkpoint=tmp_path / "sfg.pt", resume=resume, weight_decay=5e-4, callbacks=callbacks)
         return model, history
 
     model, full = run(2)
     assert "train/model/regularization" in full.keys
     assert full.rows[-1]["train/model/regularization"] < 0
     assert model.temperature == pytest.approx(math.exp(-0.05 * 7))  # 4 steps per epoch, last step 7
-    (tmp_path / "sfg.pt").unlink()
-    run(1)
+    mu.train.remove_checkpoint(tmp_path / "sfg.pt")
+    with pytest.raises(KeyboardInterrupt):
+        run(2, callbacks=[StopAtEpoch(2)])
     resumed_model, resumed = run(2, resume=True)
     assert resumed == full
     assert all(torch.equal(p, q) for p, q in zip(model.state_dict().values(), resumed_model.state_dict().values()))

@@ -1,14 +1,16 @@
 import math
 import os
+from pathlib import Path
 
 import pytest
 import torch
 
 import mtlutils as mu
 from mtlutils.tasks import Task
-from mtlutils.train import History, NonFiniteLossError, load_checkpoint, save_checkpoint
+from mtlutils.train import (CHECKPOINT_FORMAT, History, NonFiniteLossError, load_checkpoint,
+                            save_checkpoint)
 
-from conftest import ListLoader, params_equal, small_model
+from conftest import StopAtEpoch, ListLoader, params_equal, small_model
 
 
 def step_lr(opt):
@@ -144,7 +146,7 @@ def test_non_finite_loss_names_task_and_epoch_and_keeps_checkpoint(tmp_path):
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "c.pt"
-    good = {"format": 1, "epoch": 1, "w": torch.arange(3.0)}
+    good = {"format": CHECKPOINT_FORMAT, "epoch": 1, "w": torch.arange(3.0)}
     save_checkpoint(good, path)
 
     def broken_save(obj, handle, *a, **k):
@@ -153,7 +155,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError, match="disk full"):
-        save_checkpoint({"format": 1, "epoch": 2, "w": torch.zeros(3)}, path)
+        save_checkpoint({"format": CHECKPOINT_FORMAT, "epoch": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     state = load_checkpoint(path)
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(3.0))
@@ -252,7 +254,43 @@ def test_resume_with_a_step_hook_restarts_at_the_right_global_step(digit_tasks, 
     train, _ = tiny_loaders
     ckpt = tmp_path / "h.pt"
     first = HookedModel(digit_tasks)
-    mu.fit(first, train, digit_tasks, epochs=1, progress=False, device="cpu", checkpoint=ckpt)
+    with pytest.raises(KeyboardInterrupt):
+        mu.fit(first, train, digit_tasks, epochs=2, progress=False, device="cpu", checkpoint=ckpt,
+               callbacks=[StopAtEpoch(2)])
     again = HookedModel(digit_tasks)
     mu.fit(again, train, digit_tasks, epochs=2, progress=False, device="cpu", checkpoint=ckpt, resume=True)
     assert again.steps_seen == list(range(len(train), 2 * len(train)))
+
+
+def test_a_training_step_reads_the_device_at_most_once(digit_tasks, monkeypatch):
+    """Host synchronisations (item, float, bool, int, tolist, numpy of a tensor) per training step:
+    counted over runs of 3 and 6 steps, so that per-epoch reads cancel out. Reads made inside PyTorch's
+    own optimisers are not counted: Adam's step counter lives on the host (a CPU tensor) on every device,
+    so reading it never waits for a GPU. (Metrics of the training batches, ``train_metrics=True``, are
+    accumulated on the host and read every step; the grids turn them off.)"""
+    import sys
+
+    torch_dir = str(Path(torch.__file__).parent)
+    gen = torch.Generator().manual_seed(0)
+    batches = [{"image": torch.rand(8, 1, 20, 28, generator=gen), "left": torch.randint(0, 10, (8,), generator=gen),
+                "right": torch.randint(0, 10, (8,), generator=gen)} for _ in range(6)]
+    calls = {"n": 0}
+    for name in ("item", "__float__", "__bool__", "__int__", "tolist", "numpy"):
+        real = getattr(torch.Tensor, name)
+
+        def counting(self, *a, _real=real, **k):
+            if not sys._getframe(1).f_code.co_filename.startswith(torch_dir):
+                calls["n"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+
+    def reads(steps):
+        model = small_model("split", digit_tasks)
+        calls["n"] = 0
+        mu.fit(model, ListLoader(batches[:steps]), digit_tasks, epochs=1, progress=False, device="cpu",
+               train_metrics=False)
+        return calls["n"]
+
+    per_step = (reads(6) - reads(3)) / 3
+    assert per_step <= 1, f"{per_step} host synchronisations per step"

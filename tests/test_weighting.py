@@ -8,7 +8,7 @@ import mtlutils as mu
 from mtlutils import weighting
 from mtlutils.tasks import Task
 
-from conftest import params_equal, small_model
+from conftest import StopAtEpoch, params_equal, small_model
 
 
 def test_equal_weighting_sums_losses():
@@ -224,7 +224,8 @@ def test_dwa_state_is_saved_and_a_resumed_run_equals_an_uninterrupted_one(digit_
 
     full_model, full_w, full = run(5)
     ckpt = tmp_path / "dwa.pt"
-    run(3, checkpoint=ckpt)
+    with pytest.raises(KeyboardInterrupt):
+        run(5, checkpoint=ckpt, callbacks=[StopAtEpoch(4)])
     state = mu.train.load_checkpoint(ckpt)
     assert len(state["weighting"]["_extra_state"]["loss_history"]) == 3
     model, w, resumed = run(5, checkpoint=ckpt, resume=True)

@@ -166,6 +166,8 @@ class DenseHead(nn.Module):
         self.net = nn.Sequential(nn.Conv2d(in_features, in_features, 3, padding=1),
                                  nn.Conv2d(in_features, task.out_channels, 1))
         xavier_init(self)
+        if task.output_bias is not None:   # start at the training mean (no random numbers drawn)
+            nn.init.constant_(self.net[-1].bias, task.output_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.task.activate(self.net(features))

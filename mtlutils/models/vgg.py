@@ -127,6 +127,8 @@ class MLPHead(nn.Module):
         self.task = task
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, task.out_channels))
+        if task.output_bias is not None:   # start at the training mean (no random numbers drawn)
+            nn.init.constant_(self.net[-1].bias, task.output_bias)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.task.activate(self.net(features))

@@ -1,0 +1,228 @@
+"""Running a grid: one run -> one result file with its provenance; skipping, resuming, locking.
+
+A run's checkpoint is named by its settings' hash (``checkpoints/<grid>/<run id>.<hash>.pt``), so a run
+whose settings changed starts afresh instead of resuming someone else's training, and it is deleted once
+the result file is written. A result file counts for a run only while its ``config_hash`` matches the
+run's current settings. Each run is trained under an exclusive lock (``<run id>.lock`` beside the
+checkpoints), so two runners started on one grid share the work instead of racing.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .. import distributed, provenance
+from .. import weighting as W
+from ..config import seed_everything
+from ..data.builders import build_data, input_channels
+from ..fileio import Busy, atomic_write_text, exclusive
+from .config import Run, config_hash, grid, run_config
+
+REPO = Path(__file__).resolve().parents[2]
+RESULT_FORMAT = 2   # 2: with the machine fingerprint (mtlutils.provenance)
+
+
+def make_loaders(train: Dataset, val: Dataset, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
+    """Loaders whose batches are the global batches of one shuffled order, split between processes (one
+    process: ordinary shuffled batching). ``fit`` reseeds the shared generator every epoch."""
+    generator = torch.Generator().manual_seed(seed)
+    train_loader = DataLoader(train, batch_sampler=distributed.ShardedBatchSampler(len(train), batch_size, generator),
+                              generator=generator)
+    val_sampler = distributed.ShardedBatchSampler(len(val), max(batch_size, 64 * distributed.world()[1]),
+                                                  torch.Generator(), shuffle=False)
+    return train_loader, DataLoader(val, batch_sampler=val_sampler)
+
+
+def protocol_metrics(rows: Sequence[Mapping[str, float]], last: int) -> dict[str, float]:
+    """Mean over the last ``last`` epochs of every validation metric (``val/<task>/<metric>``, losses
+    excluded): the protocol of the result files."""
+    if not rows:
+        raise ValueError("no epochs recorded")
+    tail = rows[-max(1, last):]
+    keys = [k for k in tail[0] if k.startswith("val/") and not k.endswith("/loss")]
+    return {k[4:]: float(np.mean([row[k] for row in tail])) for k in keys}
+
+
+def _scheduler(train: Mapping[str, Any]):
+    name = (train.get("scheduler") or "none").lower()
+    epochs = int(train["epochs"])
+    if name == "cosine":
+        return lambda opt: torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    if name == "step":  # the MTAN code: halve the rate at half of the training
+        return lambda opt: torch.optim.lr_scheduler.StepLR(opt, max(1, epochs // 2), 0.5)
+    if name == "none":
+        return None
+    raise ValueError(f"unknown scheduler {name!r}; use 'cosine', 'step' or 'none'")
+
+
+def checkpoint_path(checkpoints: Path, run: Run, resolved: Mapping[str, Any]) -> Path:
+    """Where a run's checkpoint lives: named by the run and the hash of its settings."""
+    return checkpoints / f"{run.id}.{config_hash(resolved)}.pt"
+
+
+def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, device: torch.device,
+            command: str, progress: bool = True, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
+    """Train one run (resuming from its checkpoint) and write its result file; returns the result.
+
+    A run whose training loss or validation metrics become non-finite is recorded with ``status``
+    ``"diverged"`` (and no metrics). ``callbacks`` are passed to :func:`~mtlutils.train.fit`."""
+    from ..models import count_parameters, create
+    from ..train import NonFiniteLossError, fit, remove_checkpoint
+
+    resolved = run_config(cfg, run)
+    train_cfg = resolved["train"]
+    train_set, val_set, tasks = build_data(resolved["data"])
+    seed_everything(run.seed)
+    options = {"in_channels": input_channels(train_set), **resolved["options"]}
+    model = create(resolved["arch"], tasks, width=train_cfg["width"], **options)
+    n_params = count_parameters(model)
+    weighting = W.create(run.weighting, tasks, **resolved["weighting_options"])
+    model = distributed.prepare_model(model, device)
+    train_loader, val_loader = make_loaders(train_set, val_set, int(train_cfg["batch_size"]), run.seed)
+    began = time.perf_counter()
+    checkpoint = checkpoint_path(checkpoints, run, resolved)
+    status, error = "finished", None
+    try:
+        history = fit(model, train_loader, tasks, weighting, epochs=int(train_cfg["epochs"]),
+                      lr=float(train_cfg["lr"]), optimizer=train_cfg["optimizer"],
+                      weight_decay=float(train_cfg["weight_decay"]), scheduler=_scheduler(train_cfg),
+                      val_data=val_loader, device=device, seed=run.seed, checkpoint=checkpoint, resume=True,
+                      progress=progress, label=run.id, grad_clip=train_cfg.get("grad_clip"),
+                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks)
+    except NonFiniteLossError as err:  # a result too (the cross-stitch paper's "higher rates diverged")
+        status, error, history = "diverged", str(err), err.history
+    wall = time.perf_counter() - began
+    last = int(train_cfg["last_epochs"])
+    metrics = protocol_metrics(history.rows, last) if status == "finished" else {}
+    bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+    if bad:
+        status, error, metrics = "diverged", f"non-finite validation metric(s) {bad}", {}
+    result = {
+        "format": RESULT_FORMAT, "run": run.id, "experiment": cfg["name"], "command": command,
+        "config": resolved, "config_hash": config_hash(resolved), "git_commit": provenance.git_commit(REPO),
+        "seed": run.seed, "device": str(device), "processes": distributed.world()[1],
+        "threads": torch.get_num_threads(),
+        "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
+        "versions": provenance.versions(), "wall_time_s": round(wall, 2),
+        "seconds_per_epoch": [round(s, 3) for s in history.seconds], "parameters": n_params,
+        "protocol": f"mean of the last {last} epoch(s)' validation metrics (dataset-wide)",
+        "status": status, "error": error, "metrics": metrics, "history": history.rows,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if distributed.is_main():
+        write_result(results / "runs" / f"{run.id}.json", result)
+        remove_checkpoint(checkpoint)   # the result holds everything; a stale checkpoint can never resume
+    return result
+
+
+def write_result(path: Path, result: Mapping[str, Any]) -> None:
+    """Write a result file atomically."""
+    atomic_write_text(path, json.dumps(result, indent=1, sort_keys=False) + "\n")
+
+
+def read_result(path: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The result file at ``path`` if it was made with the settings ``resolved`` (same hash), else None."""
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    return result if result.get("config_hash") == config_hash(resolved) else None
+
+
+def is_done(path: Path, resolved: Mapping[str, Any]) -> bool:
+    """True if ``path`` holds a result made with the settings ``resolved``."""
+    return read_result(path, resolved) is not None
+
+
+def _agree(flag: bool) -> bool:
+    """True on every process if it is true on any (one all-reduce; one process: the flag itself)."""
+    return distributed.all_reduce_sums([float(flag)])[0] > 0 if distributed.active() else flag
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min" if seconds >= 3600 else \
+        f"{seconds // 60} min {seconds % 60:02d} s"
+
+
+def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoint_root: Path | None = None,
+             only: str | None = None, progress: bool = True, command: str | None = None) -> list[Path]:
+    """Run every unfinished run of the grid (those matching the glob ``only``); returns the result files
+    that exist afterwards. Prints one line per run and an estimate of the time left (from this
+    invocation's mean seconds per trained run)."""
+    import fnmatch
+
+    results = (results_root or REPO / "results") / cfg["name"]
+    checkpoints = (checkpoint_root or REPO / "checkpoints") / cfg["name"]
+    device = distributed.setup()
+    command = command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "mtlutils.experiments",
+                                                             *sys.argv[1:]])
+    runs = [r for r in grid(cfg) if only is None or fnmatch.fnmatch(r.id, only)]
+    written: list[Path] = []
+    say = print if distributed.is_main() else (lambda *a, **k: None)
+    todo = [r for r in runs if not is_done(results / "runs" / f"{r.id}.json", run_config(cfg, r))]
+    say(f"{cfg['name']}: {len(runs)} run(s), {len(runs) - len(todo)} done, {len(todo)} to train; profile "
+        f"{cfg['profile']}, {distributed.world()[1]} process(es), device {device}", flush=True)
+    trained_seconds, trained = 0.0, 0
+    for k, run in enumerate(runs, start=1):
+        path = results / "runs" / f"{run.id}.json"
+        if run not in todo:
+            written.append(path)
+            continue
+        tag = f"[{cfg['name']} {k}/{len(runs)}] {run.id}"
+        held, busy = contextlib.ExitStack(), False
+        if distributed.is_main():
+            try:
+                held.enter_context(exclusive(checkpoints / f"{run.id}.lock"))
+            except Busy:
+                busy = True
+        if _agree(busy):
+            say(f"{tag}: being trained by another runner, skipped", flush=True)
+            continue
+        with held:
+            if _agree(is_done(path, run_config(cfg, run))):   # finished by another runner meanwhile
+                written.append(path)
+                continue
+            say(f"{tag}: training", flush=True)
+            result = execute(cfg, run, results, checkpoints, device, command, progress)
+        trained_seconds, trained = trained_seconds + result["wall_time_s"], trained + 1
+        left = sum(1 for r in todo[todo.index(run) + 1:])
+        outcome = ", ".join(f"{m} {v:.4g}" for m, v in result["metrics"].items()) or result["error"]
+        say(f"{tag}: {result['status']} in {result['wall_time_s']:.0f} s: {outcome}", flush=True)
+        if left:
+            say(f"[{cfg['name']}] {left} run(s) left, about {_duration(left * trained_seconds / trained)}",
+                flush=True)
+        written.append(path)
+    return written
+
+
+def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> list[dict[str, Any]]:
+    """The result files of a config's grid that exist and match its current settings."""
+    results = (results_root or REPO / "results") / cfg["name"] / "runs"
+    found = (read_result(results / f"{run.id}.json", run_config(cfg, run)) for run in grid(cfg))
+    return [result for result in found if result is not None]
+
+
+def aggregate(cfg: Mapping[str, Any], results_root: Path | None = None) -> Path:
+    """Write ``results/<name>/summary.csv`` (atomically) from the run files; returns its path."""
+    from ..tables import summarise
+
+    results = load_results(cfg, results_root)
+    expected = len(grid(cfg))
+    table = summarise(results, cfg.get("baseline", "single"))
+    out = (results_root or REPO / "results") / cfg["name"] / "summary.csv"
+    atomic_write_text(out, table.to_csv(index=False, float_format="%.8g"))
+    print(f"{cfg['name']}: {len(results)}/{expected} runs summarised -> {out}")
+    return out

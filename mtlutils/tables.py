@@ -1,0 +1,101 @@
+"""Tables across runs, shared by the runner and the chapters: one row per run, mean ± std over seeds,
+Δ_MTL against a baseline, and the claim rule of the reproduction chapter.
+
+A run is a result dict (see :mod:`mtlutils.experiments`) with ``config`` (``data_name``, ``model``,
+``weighting``), ``seed``, ``parameters``, ``status``, ``seconds_per_epoch`` and ``metrics``
+(``<task>/<metric>``).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .metrics import delta_mtl
+
+
+def cell_runs(results: Sequence[Mapping[str, Any]], like: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The results of the same cell as ``like`` (same data, model and weighting; every seed)."""
+    key = tuple(like["config"][k] for k in ("data_name", "model", "weighting"))
+    return [r for r in results if tuple(r["config"][k] for k in ("data_name", "model", "weighting")) == key]
+
+
+def runs_frame(results: Sequence[Mapping[str, Any]]):
+    """One row per run: ``data``, ``model``, ``weighting``, ``seed``, ``parameters``, ``diverged`` (0/1),
+    ``seconds_per_epoch`` and the metrics (``<task>/<metric>``, empty for a diverged run)."""
+    import pandas as pd
+
+    if not results:
+        raise ValueError("no results to summarise: run the grid first")
+    records = [{"data": r["config"]["data_name"], "model": r["config"]["model"],
+                "weighting": r["config"]["weighting"], "seed": r["seed"], "parameters": r["parameters"],
+                "diverged": int(r.get("status") == "diverged"),
+                "seconds_per_epoch": float(np.mean(r["seconds_per_epoch"])) if r["seconds_per_epoch"] else np.nan,
+                **r["metrics"]} for r in results]
+    return pd.DataFrame.from_records(records)
+
+
+def metric_columns(frame) -> list[str]:
+    """The metric columns (``<task>/<metric>``, not their `` std``) of a :func:`runs_frame` or
+    :func:`summarise` table."""
+    return [c for c in frame.columns if "/" in c and not c.endswith(" std")]
+
+
+def _delta(row: Mapping[str, float], base: Mapping[str, float], metrics: Sequence[str]) -> float:
+    """Δ_MTL over the metrics with a finite, non-zero baseline (a relative change needs one)."""
+    usable = [m for m in metrics if math.isfinite(row[m]) and math.isfinite(base[m]) and base[m] != 0]
+    return delta_mtl({m: row[m] for m in usable}, {m: base[m] for m in usable}) if usable else float("nan")
+
+
+def verdict(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_better: bool = True) -> str:
+    """The claim rule of the reproduction chapter for "A is better than B", from means and standard
+    deviations over seeds: ``"held"`` if A's mean is better by more than ``a_std + b_std``, ``"reversed"``
+    if worse by more than that, ``"within the spread"`` otherwise (a gap equal to the spread included)."""
+    gap = (a_mean - b_mean) if higher_is_better else (b_mean - a_mean)
+    spread = a_std + b_std
+    if gap > spread:
+        return "held"
+    if gap < -spread:
+        return "reversed"
+    return "within the spread"
+
+
+def deltas_per_run(results: Sequence[Mapping[str, Any]], baseline: str = "single"):
+    """:func:`runs_frame` with a ``delta_mtl_%`` column: each run against the ``baseline`` model's mean
+    over seeds (same data, equal weighting), so that the spread of Δ_MTL over seeds can be read."""
+    frame = runs_frame(results)
+    metrics = metric_columns(frame)
+    means = frame[frame["diverged"] == 0].groupby(["data", "model", "weighting"])[metrics].mean()
+    deltas = []
+    for _, row in frame.iterrows():
+        key = (row["data"], baseline, "equal")
+        deltas.append(_delta(row, means.loc[key], metrics) if key in means.index and not row["diverged"]
+                      else float("nan"))
+    frame["delta_mtl_%"] = deltas
+    return frame
+
+
+def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "single"):
+    """A table with one row per (data, model, weighting): mean and std over seeds of every metric,
+    the number of seeds that finished and that diverged, parameters, seconds per epoch, and Δ_MTL (in %) of
+    the means against the ``baseline`` model of the same data (equal weighting). Diverged runs have no
+    metrics and do not enter the means; a metric whose baseline mean is 0 (no relative change defined)
+    is left out of Δ_MTL."""
+    frame = runs_frame(results)
+    metric_cols = metric_columns(frame)
+    keys = ["data", "model", "weighting"]
+    grouped = frame.groupby(keys, sort=False)
+    table = grouped[metric_cols].mean()
+    std = grouped[metric_cols].std(ddof=1).fillna(0.0)
+    table = table.join(std.add_suffix(" std"))
+    # seeds that count: per cell, the fewest finite values of any metric (a finished run has them all)
+    table["seeds"] = grouped[metric_cols].count().min(axis=1) if metric_cols else 0
+    table["diverged"] = grouped["diverged"].sum()
+    table["parameters"] = grouped["parameters"].first()
+    table["seconds_per_epoch"] = grouped["seconds_per_epoch"].mean()
+    if baseline is not None:
+        table["delta_mtl_%"] = [_delta(row, table.loc[(data, baseline, "equal")], metric_cols)
+                                if (data, baseline, "equal") in table.index else float("nan")
+                                for (data, _, _), row in table.iterrows()]
+    return table.reset_index()
