@@ -1,5 +1,5 @@
 """Gumbel-Softmax: differentiable samples of a categorical distribution (Jang et al. 2017; Maddison et
-al. 2017), the relaxation Stochastic Filter Groups use to sample kernel groupings (papers.md §3).
+al. 2017), the relaxation Stochastic Filter Groups use to sample kernel groupings.
 
 * **Gumbel-max trick**: with ``g_i = -log(-log u_i)``, ``u_i ~ U(0, 1)`` i.i.d.,
   ``argmax_i (log p_i + g_i)`` is distributed as ``Cat(p)``.
@@ -9,7 +9,10 @@ al. 2017), the relaxation Stochastic Filter Groups use to sample kernel grouping
   that of the relaxed ``y``: ``y_hard - y.detach() + y``.
 
 Guards against NaN: ``τ`` must be a finite positive number, the logits finite, and the uniforms are
-clamped to ``[tiny, 1 - eps]`` so that neither logarithm sees 0.
+clamped to ``[tiny, 1 - eps]`` so that neither logarithm sees 0. Where ``(logits + g) / τ`` would
+overflow (float32 logits ~1e37 at ``τ = 0.01``, float16 logits ~1e4 at ``τ = 0.05``) the maximum along
+``dim`` is subtracted before the division (softmax is shift-invariant); elsewhere the plain division is
+kept, so ordinary inputs give bit-for-bit the same samples as before.
 """
 from __future__ import annotations
 
@@ -62,7 +65,12 @@ def gumbel_softmax(logits: torch.Tensor, tau: float = 1.0, hard: bool = False, d
     """
     _check(logits, tau)
     g = sample_gumbel(logits.shape, dtype=logits.dtype, device=logits.device, generator=generator)
-    y = F.softmax((logits + g) / float(tau), dim=dim)
+    z = logits + g
+    scaled = z / float(tau)
+    if not bool(torch.isfinite(scaled.detach()).all()):  # overflow: shift by the (constant) maxima first
+        z = (logits - logits.detach().amax(dim=dim, keepdim=True)) + g
+        scaled = (z - z.detach().amax(dim=dim, keepdim=True)) / float(tau)  # <= 0, its maximum exactly 0
+    y = F.softmax(scaled, dim=dim)
     if not hard:
         return y
     y_hard = torch.zeros_like(y).scatter_(dim, y.argmax(dim=dim, keepdim=True), 1.0)
