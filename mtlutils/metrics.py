@@ -204,6 +204,8 @@ class SegMetrics(Metric):
             logits = pred.detach()
             labels = logits.argmax(dim=1)  # on the input device: C times less to move
             finite = torch.isfinite(logits).all(dim=1) if logits.is_floating_point() else None
+            if finite is not None and bool(finite.all()):
+                finite = None  # the usual case: no mask to move
         elif pred.dim() == 3:
             if pred.shape != target.shape:
                 raise ValueError(f"SegMetrics: predicted labels {tuple(pred.shape)} do not match "
