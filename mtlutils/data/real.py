@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = ["DatasetNotFoundError", "InvalidSampleError", "ValidationReport", "NYUv2", "CityScapes", "UTKFace",
-           "parse_utkface_name", "utkface_split_indices", "NORMAL_TOLERANCE", "UTKFACE_AGE_RANGE"]
+           "parse_utkface_name", "utkface_split_indices", "check_image", "check_labels", "check_depth",
+           "check_normals", "NORMAL_TOLERANCE", "UTKFACE_AGE_RANGE"]
 
 README_HINT = ('See data/README.md (and the book page book/setup.md, "Real data sets") for how to get the '
                "data, its exact layout and how to check it.")
