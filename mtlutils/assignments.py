@@ -1,6 +1,6 @@
 """Student versions of the chapters: ``python -m mtlutils.assignments`` (``make assignments``).
 
-A chapter is the solution notebook. Its markers (design.md §7):
+A chapter is the solution notebook. Its markers:
 
 * code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` becomes a stub
   (``# YOUR CODE HERE`` + ``raise NotImplementedError``) at the marker's indentation;
@@ -9,6 +9,12 @@ A chapter is the solution notebook. Its markers (design.md §7):
   removed, and so are ``{solution}`` directive blocks inside markdown cells and cells tagged
   ``solution``;
 * all outputs and execution counts are cleared.
+
+Markers are exact: after stripping, any text left in a student cell that looks like a marker or a
+solution directive (case-insensitive: ``###BEGIN SOLUTION``, ``## begin solution``, ``END HIDDEN TESTS``,
+``{solution}`` indented, after a space (```` ``` {solution} ````) or with an unclosed fence, a cell tagged
+``Solution``) raises :class:`MarkerError` naming the chapter, the cell and the line, so that a typo in a
+chapter can never leak a solution into the student version.
 
 The result goes to ``notebooks/assignments/<chapter>.ipynb``, never edited by hand.
 """
@@ -28,11 +34,43 @@ STUB = 'raise NotImplementedError("exercise: replace this line with your code")'
 # around solution cells; the opening fence, its options and body, then the same fence closing it
 SOLUTION_BLOCK = re.compile(r"^(?P<fence>```+|:::+)\{solution(?P<gate>-start|-end)?\}.*?^(?P=fence)[ \t]*$\n?",
                             re.MULTILINE | re.DOTALL)
+# what a marker or directive looks like, loosely: whatever of it survives stripping is a leak
+MARKER_LIKE = re.compile(r"\b(?:begin|end)[ \t_-]*(?:solution|hidden[ \t_-]*tests?)\b", re.IGNORECASE)
+DIRECTIVE_LIKE = re.compile(r"\{\s*solution\b[^}\n]*\}", re.IGNORECASE)
 REPO = Path(__file__).resolve().parents[1]
 
 
 class MarkerError(ValueError):
-    """Unbalanced or nested solution/hidden-test markers in a chapter."""
+    """Unbalanced, nested or malformed solution/hidden-test markers or solution directives in a chapter."""
+
+
+def leftover_markers(text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` of every line of ``text`` that looks like a solution or hidden-test marker
+    or a solution directive (case-insensitive); empty for a clean student cell."""
+    return [(number, line) for number, line in enumerate(text.splitlines(), start=1)
+            if MARKER_LIKE.search(line) or DIRECTIVE_LIKE.search(line)]
+
+
+def _check_leftovers(source: str, where: str) -> None:
+    """Raise :class:`MarkerError` if stripped ``source`` still holds something marker- or directive-like."""
+    found = leftover_markers(source)
+    if not found:
+        return
+    number, line = found[0]
+    if DIRECTIVE_LIKE.search(line):
+        fix = ("a solution directive must open at the start of a line with ```{solution} or :::{solution} "
+               "(no indentation, no space before the brace) and be closed by the same fence")
+    else:
+        fix = (f"markers must be exactly {BEGIN_SOLUTION!r} / {END_SOLUTION!r} or {BEGIN_HIDDEN!r} / "
+               f"{END_HIDDEN!r}, each alone on its line")
+    more = f" (and {len(found) - 1} more such lines)" if len(found) > 1 else ""
+    raise MarkerError(f"{where}: after stripping, line {number} still looks like a solution marker or "
+                      f"directive: {line.strip()!r}{more}; it would leak into the student version. Fix the "
+                      f"chapter: {fix}.")
+
+
+def _is_solution_tag(tag: Any) -> bool:
+    return isinstance(tag, str) and tag.strip().lower() == "solution"
 
 
 def _source(cell: dict[str, Any]) -> str:
@@ -98,19 +136,21 @@ def student_version(notebook: dict[str, Any], name: str = "chapter") -> dict[str
     inside_gate = False
     for index, cell in enumerate(nb["cells"]):
         source = _source(cell)
+        where = f"{name} cell {index}"
         tags = cell.get("metadata", {}).get("tags", [])
-        if "solution" in tags:
+        if any(_is_solution_tag(tag) for tag in tags):
             continue
         if cell["cell_type"] == "markdown":
             source, inside_gate = _strip_markdown(source, inside_gate)
         elif cell["cell_type"] == "code":
             if inside_gate and BEGIN_SOLUTION not in source:
                 continue
-            source = strip_code(source, where=f"{name} cell {index}")
+            source = strip_code(source, where=where)
             cell["outputs"] = []
             cell["execution_count"] = None
         if not source.strip():
             continue
+        _check_leftovers(source, f"{where} ({cell['cell_type']})")
         cell["source"] = source
         cells.append(cell)
     if inside_gate:

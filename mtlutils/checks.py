@@ -3,12 +3,17 @@ inputs, compares it with the package's reference, prints PASS or FAIL with the m
 tolerance, and returns a :class:`CheckResult` (truthy when passed).
 
 A stub that raises ``NotImplementedError`` fails with "not implemented yet"; any other exception fails
-with its message, so a check never crashes a notebook.
+with its message. A result that holds NaN or inf fails and says so; a result of the wrong type or shape
+(``None``, a list, a tensor of another shape) fails and names what was expected. A check never crashes
+a notebook: whatever the student's function does, the check returns a :class:`CheckResult`.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import torch
 from torch import nn
@@ -41,6 +46,87 @@ def _report(result: CheckResult, verbose: bool) -> CheckResult:
     return result
 
 
+_Check = TypeVar("_Check", bound=Callable[..., CheckResult])
+
+
+def _never_crash(expects: str) -> Callable[[_Check], _Check]:
+    """Decorate a check so that an exception in handling the student's result is a FAIL, not a crash.
+
+    The explicit checks inside each ``check_*`` give the precise messages; this is the net under them.
+    ``expects`` says what the student's function should return.
+    """
+    def decorate(check: _Check) -> _Check:
+        signature = inspect.signature(check)
+
+        @functools.wraps(check)
+        def safe(*args: Any, **kwargs: Any) -> CheckResult:
+            try:
+                return check(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - a check never crashes a notebook
+                try:
+                    verbose = bool(signature.bind(*args, **kwargs).arguments.get("verbose", True))
+                except TypeError:
+                    verbose = True
+                return _report(CheckResult(check.__name__, False,
+                                           f"could not check the result ({type(exc).__name__}: {exc}); "
+                                           f"expected {expects}"), verbose)
+        return safe  # type: ignore[return-value]
+    return decorate
+
+
+def _describe(value: Any) -> str:
+    """Type and shape of ``value`` for a message: ``a tensor of shape (2, 3)``, ``None``, ``a list of 2``."""
+    if value is None:
+        return "None"
+    if isinstance(value, torch.Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, (list, tuple)):
+        return f"a {type(value).__name__} of {len(value)}"
+    return f"a {type(value).__name__}"
+
+
+def _shape(value: Any) -> Any:
+    """Shape of a tensor, ``{key: shape}`` of a dict, else the type's name (for structure messages)."""
+    if isinstance(value, Mapping):
+        return {k: _shape(v) for k, v in value.items()}
+    if isinstance(value, torch.Tensor):
+        return tuple(value.shape)
+    return type(value).__name__
+
+
+def _same_structure(got: Any, expected: Any) -> bool:
+    """Whether ``got`` has the keys and tensor shapes of ``expected`` (a tensor or a dict of tensors)."""
+    if isinstance(expected, Mapping):
+        return (isinstance(got, Mapping) and set(got) == set(expected)
+                and all(_same_structure(got[k], expected[k]) for k in expected))
+    return isinstance(got, torch.Tensor) and got.shape == expected.shape
+
+
+def _non_finite(value: Any, where: str = "the result") -> str | None:
+    """Where ``value`` (a tensor, a number, or a dict/list/tuple of them) holds NaN or inf; None if nowhere."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() or value.is_complex():
+            return None if bool(torch.isfinite(value.detach()).all()) else where
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else where
+    if isinstance(value, Mapping):
+        items = [(f"{where} {k!r}" if where != "the result" else repr(k), v) for k, v in value.items()]
+    elif isinstance(value, (list, tuple)):
+        items = [(f"{where}[{i}]", v) for i, v in enumerate(value)]
+    else:
+        return None
+    for label, item in items:
+        found = _non_finite(item, label)
+        if found is not None:
+            return found
+    return None
+
+
+def _not_finite_result(name: str, where: str, expected: str = "finite values") -> CheckResult:
+    return CheckResult(name, False, f"returned non-finite values (NaN or inf) in {where}; expected {expected}")
+
+
 def _run(name: str, call: Callable[[], Any]) -> tuple[Any, CheckResult | None]:
     """Call the student's code; turn an exception into a failed result."""
     try:
@@ -52,24 +138,30 @@ def _run(name: str, call: Callable[[], Any]) -> tuple[Any, CheckResult | None]:
 
 
 def max_error(got: Any, expected: Any) -> float:
-    """Largest absolute difference between two tensors or two dicts of tensors (inf on shape mismatch)."""
+    """Largest absolute difference between two tensors or two dicts of tensors (inf on a structure or
+    shape mismatch, and where the difference is NaN or inf)."""
     if isinstance(expected, Mapping):
         if not isinstance(got, Mapping) or set(got) != set(expected):
-            return float("inf")
+            return math.inf
         return max((max_error(got[k], expected[k]) for k in expected), default=0.0)
     if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
-        return float("inf")
-    return float((got.double() - expected.double()).abs().max()) if expected.numel() else 0.0
+        return math.inf
+    if not expected.numel():
+        return 0.0
+    err = float((got.detach().double() - expected.detach().double()).abs().max())
+    return err if math.isfinite(err) else math.inf
 
 
 def check_close(name: str, got: Any, expected: Any, tol: float, verbose: bool = True) -> CheckResult:
-    """PASS when ``got`` equals ``expected`` within ``tol`` (max absolute error)."""
+    """PASS when ``got`` equals ``expected`` (a tensor or a dict of tensors) within ``tol`` (max absolute
+    error); FAIL naming the expected structure and shapes, or where ``got`` holds NaN or inf."""
+    if not _same_structure(got, expected):
+        return _report(CheckResult(name, False, f"wrong structure or shape: got {_shape(got)}, "
+                                                f"expected {_shape(expected)}"), verbose)
+    where = _non_finite(got)
+    if where is not None:
+        return _report(_not_finite_result(name, where, "finite values close to the reference"), verbose)
     err = max_error(got, expected)
-    if err == float("inf"):
-        shape = (lambda v: {k: tuple(t.shape) for k, t in v.items()} if isinstance(v, Mapping)
-                 else tuple(getattr(v, "shape", ())) if isinstance(v, torch.Tensor) else type(v).__name__)
-        return _report(CheckResult(name, False, f"wrong structure or shape: got {shape(got)}, "
-                                                f"expected {shape(expected)}"), verbose)
     ok = err <= tol
     msg = "matches the reference" if ok else "differs from the reference"
     return _report(CheckResult(name, ok, msg, err, tol), verbose)
@@ -77,6 +169,7 @@ def check_close(name: str, got: Any, expected: Any, tol: float, verbose: bool = 
 
 # ---------------------------------------------------------------------------------------------------
 # chapter 1
+@_never_crash("a dict {task: heads[task](trunk(x))} of tensors")
 def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, torch.Tensor], Mapping[str, torch.Tensor]],
                          verbose: bool = True, seed: int = 0) -> CheckResult:
     """Chapter 1 exercise: the forward pass of a hard-shared network.
@@ -107,7 +200,8 @@ def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, tor
         return _report(failure, verbose)
     if not isinstance(got, Mapping):
         return _report(CheckResult(name, False, f"must return a dict {{task: prediction}}, got "
-                                                f"{type(got).__name__}"), verbose)
+                                                f"{_describe(got)}; expected {{task: heads[task](trunk(x))}}"),
+                       verbose)
     result = check_close(name, dict(got), expected, tol=1e-10, verbose=False)
     if result.passed and len(calls) != 1:
         result = CheckResult(name, False, f"the shared trunk ran {len(calls)} times for one batch; hard sharing "
@@ -125,6 +219,7 @@ def _reference_miou(conf: torch.Tensor) -> float:
     return float(100.0 * (tp[present] / union[present]).mean())
 
 
+@_never_crash("a number: the mean IoU in %")
 def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bool = True,
                seed: int = 0) -> CheckResult:
     """Chapter 2 exercise: mean IoU (in %) from a confusion matrix ``conf[true, predicted]``.
@@ -147,14 +242,19 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
         got, failure = _run(name, lambda: miou_from_confusion(conf.clone()))
         if failure is not None:
             return _report(failure, verbose)
+        if isinstance(got, (str, bytes, bool)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
+            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
+                                                    f"number, the mean IoU in %"), verbose)
         try:
             got = float(got)
         except (TypeError, ValueError):
-            return _report(CheckResult(name, False, f"must return a number, got {type(got).__name__}"), verbose)
-        err = abs(got - _reference_miou(conf))
-        if not err == err:  # NaN
-            err = float("inf")
-        worst = max(worst, err)
+            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
+                                                    f"number, the mean IoU in %"), verbose)
+        if not math.isfinite(got):
+            return _report(CheckResult(name, False, f"returned {got} (non-finite) for a {conf.shape[0]}-class "
+                                                    f"matrix; expected a finite mean IoU in % (a class with an "
+                                                    f"empty union has IoU 0/0: leave it out of the mean)"), verbose)
+        worst = max(worst, abs(got - _reference_miou(conf)))
     ok = worst <= 1e-9
     msg = "matches the definition on 5 confusion matrices" if ok else \
         "differs from the definition (rows = true class, columns = prediction, % scale, absent classes left out?)"
@@ -163,6 +263,7 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
 
 # ---------------------------------------------------------------------------------------------------
 # chapter 3
+@_never_crash("a tuple (grad_x_a, grad_x_b, grad_alpha) of tensors shaped like x_a, x_b and alpha (2, 2)")
 def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bool = True,
                                 seed: int = 0) -> CheckResult:
     """Chapter 3 exercise: the backward pass of a two-task cross-stitch unit with one α per layer.
@@ -191,13 +292,21 @@ def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bo
         if failure is not None:
             return _report(failure, verbose)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
-            return _report(CheckResult(name, False, "must return a tuple (grad_x_a, grad_x_b, grad_alpha)"), verbose)
+            return _report(CheckResult(name, False, f"must return a tuple (grad_x_a, grad_x_b, grad_alpha), got "
+                                                    f"{_describe(got)}; expected three tensors shaped like x_a, x_b "
+                                                    f"and alpha"), verbose)
         got = tuple(got)
         if isinstance(got[2], torch.Tensor) and got[2].shape != (2, 2):
             hint = " (one α per layer: sum over the channels too)" if got[2].dim() == 3 else ""
-            return _report(CheckResult(name, False, f"grad_alpha must have alpha's shape (2, 2), got "
+            return _report(CheckResult(name, False, f"grad_alpha must have alpha's shape: expected (2, 2), got "
                                                     f"{tuple(got[2].shape)}{hint}"), verbose)
         keys = ("grad_x_a", "grad_x_b", "grad_alpha")
+        for key, value, want in zip(keys, got, expected):
+            if not isinstance(value, torch.Tensor) or value.shape != want.shape:
+                return _report(CheckResult(name, False, f"{key}: expected a tensor of shape {tuple(want.shape)}, "
+                                                        f"got {_describe(value)}"), verbose)
+            if _non_finite(value) is not None:
+                return _report(_not_finite_result(name, key), verbose)
         worst = max(worst, max_error(dict(zip(keys, got)), dict(zip(keys, expected))))
         swapped = swapped and max_error(got[2], expected[2].T) <= tol < max_error(got[2], expected[2])
     if worst > tol:
@@ -222,13 +331,16 @@ def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bo
     xs = [torch.randn(2, 3, 2, 2, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(2)]
     passed, failure = _run(name, lambda: gradcheck(StudentUnit.apply, (alpha, *xs), raise_exception=False))
     if failure is not None or not passed:
-        return _report(failure or CheckResult(name, False, "fails torch.autograd.gradcheck", worst, tol), verbose)
+        return _report(failure or CheckResult(name, False, "matches the reference on the three test shapes but "
+                                                           "fails torch.autograd.gradcheck on another input"),
+                       verbose)
     return _report(CheckResult(name, True, "matches the reference and passes gradcheck (float64)", worst, tol),
                    verbose)
 
 
 # ---------------------------------------------------------------------------------------------------
 # chapter 4 (MTAN and Dynamic Weight Average)
+@_never_crash("a tensor of K weights, shape (K,)")
 def check_dwa(dwa_weights: Callable[[torch.Tensor, float], torch.Tensor], verbose: bool = True,
               seed: int = 0) -> CheckResult:
     """Chapter 4 exercise: Dynamic Weight Average, ``dwa_weights(history, temperature) -> λ (K,)``.
@@ -252,22 +364,23 @@ def check_dwa(dwa_weights: Callable[[torch.Tensor, float], torch.Tensor], verbos
                     return _report(failure, verbose)
                 expected = reference(history, temperature)
                 if not isinstance(got, torch.Tensor):
-                    try:
-                        got = torch.as_tensor(got, dtype=torch.float64)
-                    except (TypeError, ValueError):
-                        return _report(CheckResult(name, False, f"must return a tensor of {k} weights, got "
-                                                                f"{type(got).__name__}"), verbose)
-                err = max_error(got.reshape(-1) if got.numel() == k else got, expected)
-                if err == float("inf"):
+                    return _report(CheckResult(name, False, f"must return a tensor of {k} weights, got "
+                                                            f"{_describe(got)}; expected a tensor of shape ({k},)"),
+                                   verbose)
+                if got.numel() != k:
                     return _report(CheckResult(name, False, f"with {epochs} epochs and {k} tasks: expected {k} "
                                                             f"weights, got shape {tuple(got.shape)}"), verbose)
-                worst = max(worst, err if err == err else float("inf"))
+                if _non_finite(got) is not None:
+                    return _report(_not_finite_result(name, f"the weights for {epochs} epochs, {k} tasks, "
+                                                            f"T = {temperature}", f"{k} finite weights"), verbose)
+                worst = max(worst, max_error(got.reshape(-1), expected))
     ok = worst <= 1e-9
     msg = ("matches DWA on 45 loss histories" if ok else
            "differs from DWA (λ = 1 for the first two epochs? ratio of the last two epochs? K · softmax(w / T)?)")
     return _report(CheckResult(name, ok, msg, worst, 1e-9), verbose)
 
 
+@_never_crash("a tuple (mask, attended) of tensors shaped like p")
 def check_attention(attend: Callable[..., Any], verbose: bool = True, seed: int = 0) -> CheckResult:
     """Chapter 4 exercise: the MTAN attention module's forward pass from its equations.
 
@@ -311,7 +424,8 @@ def check_attention(attend: Callable[..., Any], verbose: bool = True, seed: int 
             return _report(CheckResult(name, False, f"called the module's own {calls[0]}(): build the mask from "
                                                     f"module.g and module.h"), verbose)
         if not isinstance(got, (tuple, list)) or len(got) != 2:
-            return _report(CheckResult(name, False, f"must return (mask, attended), got {type(got).__name__}"),
+            return _report(CheckResult(name, False, f"must return (mask, attended), got {_describe(got)}; "
+                                                    f"expected two tensors shaped like p {tuple(p.shape)}"),
                            verbose)
         result = check_close(name, {"mask": got[0], "attended": got[1]},
                              {"mask": expected[0], "attended": expected[1]}, tol=1e-10, verbose=False)
@@ -332,6 +446,17 @@ def _z_scores(freq: torch.Tensor, p: torch.Tensor, n: int) -> float:
     return float(((freq - p).abs() / sigma).max())
 
 
+def _sample_problem(name: str, got: Any, shape: tuple[int, ...], what: str) -> CheckResult | None:
+    """FAIL unless ``got`` is a finite tensor of ``shape`` (``what`` names the call in the message)."""
+    if not isinstance(got, torch.Tensor) or tuple(got.shape) != tuple(shape):
+        return CheckResult(name, False, f"{what}: expected a tensor shaped like the logits {tuple(shape)}, "
+                                        f"got {_describe(got)}")
+    if _non_finite(got) is not None:
+        return _not_finite_result(name, what, "finite samples on the simplex")
+    return None
+
+
+@_never_crash("a tensor shaped like the logits, on the simplex along the last dimension")
 def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Tensor], verbose: bool = True,
                          seed: int = 0) -> CheckResult:
     """Chapter 5 exercise: ``sampler(logits, tau, hard)``, a Gumbel-Softmax sample along the last dim.
@@ -351,10 +476,10 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
     soft, failure = _run(name, lambda: sampler(logits.clone(), 1.0, False))
     if failure is not None:
         return _report(failure, verbose)
-    if not isinstance(soft, torch.Tensor) or soft.shape != logits.shape:
-        return _report(CheckResult(name, False, f"must return a tensor shaped like the logits {tuple(logits.shape)}, "
-                                                f"got {getattr(soft, 'shape', type(soft).__name__)}"), verbose)
-    if not bool(torch.isfinite(soft).all()) or float((soft.sum(-1) - 1).abs().max()) > 1e-6 or float(soft.min()) < 0:
+    problem = _sample_problem(name, soft, tuple(logits.shape), "soft samples (tau=1)")
+    if problem is not None:
+        return _report(problem, verbose)
+    if float((soft.sum(-1) - 1).abs().max()) > 1e-6 or float(soft.min()) < 0:
         return _report(CheckResult(name, False, "soft samples must be finite, non-negative and sum to 1"), verbose)
     reference = gumbel_softmax(logits, tau=1.0).mean(0)
     mean_error = float((soft.mean(0) - reference).abs().max())
@@ -366,6 +491,9 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
     hard, failure = _run(name, lambda: sampler(leaf, 0.5, True))
     if failure is not None:
         return _report(failure, verbose)
+    problem = _sample_problem(name, hard, tuple(logits.shape), "hard samples (tau=0.5)")
+    if problem is not None:
+        return _report(problem, verbose)
     one_hot = torch.nn.functional.one_hot(hard.detach().argmax(-1), 4).to(hard.dtype)
     if float((hard.detach() - one_hot).abs().max()) > 1e-6:
         return _report(CheckResult(name, False, "hard samples must be one-hot"), verbose)
@@ -380,16 +508,22 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
     (grad,) = torch.autograd.grad((hard * weights).sum(), leaf)
     if not bool(torch.isfinite(grad).all()) or float(grad.abs().sum()) == 0:
         return _report(CheckResult(name, False, "the straight-through gradient is zero or not finite"), verbose)
-    cold, failure = _run(name, lambda: sampler(logits[:2000].clone(), 0.01, False))
-    if failure is not None:
-        return _report(failure, verbose)
-    warm, _ = _run(name, lambda: sampler(logits[:2000].clone(), 100.0, False))
-    if float(cold.max(-1).values.mean()) < 0.98 or warm is None or float(warm.max(-1).values.mean()) > 0.3:
+    for tau in (0.01, 100.0):
+        sample, failure = _run(name, lambda: sampler(logits[:2000].clone(), tau, False))
+        problem = failure or _sample_problem(name, sample, (2000, 4), f"soft samples (tau={tau})")
+        if problem is not None:
+            return _report(problem, verbose)
+        if tau < 1:
+            cold = sample
+        else:
+            warm = sample
+    if float(cold.max(-1).values.mean()) < 0.98 or float(warm.max(-1).values.mean()) > 0.3:
         return _report(CheckResult(name, False, "soft samples must approach one-hot as tau -> 0 and uniform as "
                                                 "tau grows: divide (logits + g) by tau"), verbose)
     extreme, failure = _run(name, lambda: sampler(torch.tensor([[80.0, -80.0, 0.0]], dtype=torch.float64), 0.05, True))
-    if failure is not None or not bool(torch.isfinite(extreme).all()):
-        return _report(failure or CheckResult(name, False, "extreme logits gave a non-finite sample"), verbose)
+    problem = failure or _sample_problem(name, extreme, (1, 3), "the sample of extreme logits (80, -80, 0)")
+    if problem is not None:
+        return _report(problem, verbose)
     try:
         sampler(logits[:3].clone(), 0.0, False)
     except ValueError:
@@ -405,6 +539,7 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
                                mean_error, 0.01), verbose)
 
 
+@_never_crash("a tensor (N, C_out, H, W) that carries gradients")
 def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool = True,
                                seed: int = 0) -> CheckResult:
     """Chapter 5 exercise: ``route(x, weight, z_out, z_in)``, the filter-group convolution of one layer
@@ -448,6 +583,10 @@ def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool
                 return _report(CheckResult(name, False, "the output carries no gradient"), verbose)
             have = torch.autograd.grad((got * up).sum(), mine, allow_unused=True)
             for label, a, b in zip(("x", "weight", "z_out", "z_in"), have, want):
+                if a is not None and _non_finite(a) is not None:
+                    return _report(CheckResult(name, False, f"the gradient of {label} holds non-finite values (NaN "
+                                                            f"or inf) (T={num_tasks}); expected finite gradients"),
+                                   verbose)
                 err = float("inf") if a is None else float((a - b).abs().max())
                 if not err <= 1e-8:
                     return _report(CheckResult(name, False, f"the gradient of {label} differs (T={num_tasks})",
@@ -458,6 +597,7 @@ def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool
                                            "relaxed groups)", worst, 1e-8), verbose)
 
 
+@_never_crash("a tensor of one frequency per group, shape (len(p),)")
 def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.Tensor], verbose: bool = True,
                               seed: int = 0) -> CheckResult:
     """Chapter 5 exercise: ``frequencies(p, n)`` draws ``n`` groupings the way the authors' code does
@@ -475,10 +615,22 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
         got, failure = _run(name, lambda: frequencies(p.clone(), n))
         if failure is not None:
             return _report(failure, verbose)
-        got = torch.as_tensor(got, dtype=torch.float64).flatten()
+        if not isinstance(got, torch.Tensor):
+            return _report(CheckResult(name, False, f"must return one frequency per group ({len(p)}), got "
+                                                    f"{_describe(got)}; expected a tensor of shape ({len(p)},)"),
+                           verbose)
+        got = got.detach().double().flatten()
         if got.shape != p.shape:
             return _report(CheckResult(name, False, f"must return one frequency per group ({len(p)}), got "
-                                                    f"{tuple(got.shape)}"), verbose)
+                                                    f"{tuple(got.shape)}; expected a tensor of shape ({len(p)},)"),
+                           verbose)
+        if _non_finite(got) is not None:
+            return _report(_not_finite_result(name, f"the frequencies for p={p.tolist()}",
+                                              "frequencies between 0 and 1"), verbose)
+        if float(got.min()) < 0 or abs(float(got.sum()) - 1) > 1e-6:
+            return _report(CheckResult(name, False, f"frequencies for p={p.tolist()} sum to {float(got.sum()):.4g} "
+                                                    f"(smallest {float(got.min()):.4g}); expected fractions of the "
+                                                    f"n draws: non-negative, summing to 1"), verbose)
         z = _z_scores(got, torch.softmax(p, 0), n)
         if z > 5:
             also = " (these are the frequencies of Cat(p): add the noise to p, not log p)" \
@@ -492,6 +644,7 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
 
 # ---------------------------------------------------------------------------------------------------
 # chapter 6
+@_never_crash("one of the strings 'held', 'reversed', 'within the spread'")
 def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckResult:
     """Chapter 6 exercise: the claim rule ``verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True)``.
 
@@ -509,8 +662,9 @@ def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckRes
         got, failure = _run(name, lambda: verdict(a_mean, a_std, b_mean, b_std, higher_is_better=higher))
         if failure is not None:
             return _report(failure, verbose)
-        if got != expected:
+        if not isinstance(got, str) or got != expected:
             kind = "higher" if higher else "lower"
+            shown = repr(got) if isinstance(got, str) else _describe(got)
             return _report(CheckResult(name, False, f"A = {a_mean} ± {a_std}, B = {b_mean} ± {b_std} ({kind} is "
-                                                    f"better): expected {expected!r}, got {got!r}"), verbose)
+                                                    f"better): expected {expected!r}, got {shown[:80]}"), verbose)
     return _report(CheckResult(name, True, f"all {len(cases)} cases, both directions and the boundary"), verbose)

@@ -152,10 +152,15 @@ class SegMetrics(Metric):
     counts equally, whatever its size or number of valid pixels; batches without a valid pixel are
     skipped). With batch size 1 this is the paper-era per-image mIoU. :meth:`iou_per_class` is always
     dataset-wide.
+
+    Non-finite logits (a diverged model): a valid pixel whose C logits are not all finite has no
+    prediction and counts as wrong: a false negative of its true class (in :attr:`unpredicted`, per true
+    class), a false positive of no class, and a miss in the pixel accuracy. (The arg-max of NaN logits
+    would otherwise be class 0, and a ground truth of class 0 would score 100.)
     """
 
     names = ("miou", "pixacc")
-    _summed = ("confusion",)
+    _summed = ("confusion", "unpredicted")
     _listed = ("batch_values",)
 
     def __init__(self, num_classes: int, per_batch: bool = False) -> None:
@@ -168,17 +173,20 @@ class SegMetrics(Metric):
     def reset(self) -> None:
         c = self.num_classes
         self.confusion = torch.zeros(c, c, dtype=torch.int64)
+        self.unpredicted = torch.zeros(c, dtype=torch.int64)  # valid pixels with non-finite logits, per true class
         self.batch_values: list[tuple[float, float]] = []  # (miou, pixacc) per batch, per_batch mode
 
     @staticmethod
-    def _scores(confusion: torch.Tensor) -> tuple[torch.Tensor, float] | None:
-        """(IoU per class in %, NaN for an empty union; pixel accuracy in %), None without valid pixels."""
+    def _scores(confusion: torch.Tensor, unpredicted: torch.Tensor) -> tuple[torch.Tensor, float] | None:
+        """(IoU per class in %, NaN for an empty union; pixel accuracy in %), None without valid pixels.
+        ``unpredicted[c]``: pixels of true class c without a prediction (false negatives only)."""
         conf = confusion.double()
-        total = float(conf.sum())
+        missed = unpredicted.double()
+        total = float(conf.sum() + missed.sum())
         if total == 0:
             return None
         tp = conf.diag()
-        union = conf.sum(0) + conf.sum(1) - tp  # TP + FP + FN
+        union = conf.sum(0) + conf.sum(1) - tp + missed  # TP + FP + FN
         iou = torch.where(union > 0, 100.0 * tp / union.clamp(min=1), torch.full_like(tp, math.nan))
         return iou, 100.0 * float(tp.sum()) / total
 
@@ -193,12 +201,17 @@ class SegMetrics(Metric):
             if pred.shape[:1] + pred.shape[2:] != target.shape:
                 raise ValueError(f"SegMetrics: logits (N, C, H, W) {tuple(pred.shape)} do not match "
                                  f"target (N, H, W) {tuple(target.shape)}")
-            labels = pred.detach().argmax(dim=1)  # on the input device: C times less to move
+            logits = pred.detach()
+            labels = logits.argmax(dim=1)  # on the input device: C times less to move
+            finite = torch.isfinite(logits).all(dim=1) if logits.is_floating_point() else None
+            if finite is not None and bool(finite.all()):
+                finite = None  # the usual case: no mask to move
         elif pred.dim() == 3:
             if pred.shape != target.shape:
                 raise ValueError(f"SegMetrics: predicted labels {tuple(pred.shape)} do not match "
                                  f"target {tuple(target.shape)}")
             labels = _as_labels(pred, "SegMetrics: predicted labels (N, H, W)")
+            finite = None
         else:
             raise ValueError(f"SegMetrics: pred must be logits (N, C, H, W) or labels (N, H, W), got shape "
                              f"{tuple(pred.shape)}")
@@ -211,17 +224,23 @@ class SegMetrics(Metric):
             raise ValueError(f"SegMetrics: predicted labels must be in [0, {c - 1}], found values in "
                              f"[{int(labels.min())}, {int(labels.max())}]")
         valid = truth >= 0
+        unpredicted = torch.zeros(c, dtype=torch.int64)
+        if finite is not None:
+            finite = finite.cpu().reshape(-1)
+            unpredicted = torch.bincount(truth[valid & ~finite], minlength=c)
+            valid &= finite
         batch = torch.bincount(truth[valid] * c + labels[valid], minlength=c * c).reshape(c, c)
         self.confusion += batch
+        self.unpredicted += unpredicted
         if self.per_batch:
-            scores = self._scores(batch)
+            scores = self._scores(batch, unpredicted)
             if scores is not None:
                 iou, pixacc = scores
                 self.batch_values.append((float(iou.nanmean()), pixacc))
 
     def iou_per_class(self) -> torch.Tensor:
         """Dataset-wide IoU of every class in % (float64, length C); NaN where TP + FP + FN = 0."""
-        scores = self._scores(self.confusion)
+        scores = self._scores(self.confusion, self.unpredicted)
         if scores is None:
             raise RuntimeError("SegMetrics.iou_per_class() without any valid (non-void) pixel")
         return scores[0]
@@ -233,7 +252,7 @@ class SegMetrics(Metric):
             n = len(self.batch_values)
             return {"miou": sum(v[0] for v in self.batch_values) / n,
                     "pixacc": sum(v[1] for v in self.batch_values) / n}
-        scores = self._scores(self.confusion)
+        scores = self._scores(self.confusion, self.unpredicted)
         if scores is None:
             raise RuntimeError("SegMetrics.compute() without any valid (non-void) pixel")
         iou, pixacc = scores

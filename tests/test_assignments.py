@@ -117,3 +117,91 @@ def test_committed_student_versions_are_up_to_date(tmp_path):
         assert committed.exists(), f"run 'make assignments': {committed} is missing"
         assert committed.read_text(encoding="utf-8") == path.read_text(encoding="utf-8"), \
             f"run 'make assignments': {committed.name} is older than its chapter"
+
+
+# --- leaks: anything marker- or directive-like that survives stripping is an error naming the cell -----------
+
+def _nb(*cells):
+    out = []
+    for kind, src, *tags in cells:
+        cell = {"cell_type": kind, "metadata": {"tags": tags[0]} if tags else {}, "source": src}
+        if kind == "code":
+            cell.update(outputs=[], execution_count=None)
+        out.append(cell)
+    return {"cells": out, "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+
+
+CODE_LEAKS = {
+    "no space": "def f():\n    ###BEGIN SOLUTION\n    return 'SECRET'\n    ###END SOLUTION\n",
+    "two hashes": "def f():\n    ## BEGIN SOLUTION\n    return 'SECRET'\n    ## END SOLUTION\n",
+    "lower case": "def f():\n    ### begin solution\n    return 'SECRET'\n    ### end solution\n",
+    "trailing comment": "def f():\n    ### BEGIN SOLUTION  # the answer\n    return 'SECRET'\n",
+    "hidden tests typo": "r = 1\n### BEGIN HIDDEN TEST\nassert SECRET\n### END HIDDEN TEST\n",
+    "underscores": "def f():\n    # BEGIN_SOLUTION\n    return 'SECRET'\n    # END_SOLUTION\n",
+}
+MARKDOWN_LEAKS = {
+    "indented directive": "Text.\n\n  ```{solution} e\n  SECRET\n  ```\n",
+    "unclosed fence": "```{solution} e\n:class: dropdown\nSECRET ANSWER\n",
+    "space before the brace": "``` {solution} e\nSECRET\n```\n",
+    "colon fence with a space": "::: {solution} e\nSECRET\n:::\n",
+    "capitalised": "```{Solution} e\nSECRET\n```\n",
+    "closed by a longer fence": "```{solution} e\nSECRET\n````\n",
+    "marker in prose": "Below, ### BEGIN SOLUTION opens the answer: SECRET",
+}
+
+
+@pytest.mark.parametrize("form", sorted(CODE_LEAKS))
+def test_malformed_code_markers_raise_naming_the_cell(form):
+    nb = _nb(("markdown", "Intro"), ("code", "import math"), ("code", CODE_LEAKS[form]))
+    with pytest.raises(MarkerError, match=r"ch7 cell 2 \(code\): after stripping, line \d+ still looks like"):
+        student_version(nb, "ch7")
+
+
+@pytest.mark.parametrize("form", sorted(MARKDOWN_LEAKS))
+def test_malformed_solution_directives_raise_naming_the_cell(form):
+    nb = _nb(("markdown", "Intro"), ("markdown", MARKDOWN_LEAKS[form]), ("code", "x = 1"))
+    with pytest.raises(MarkerError, match=r"ch7 cell 1 \(markdown\).*looks like a solution marker or directive"):
+        student_version(nb, "ch7")
+
+
+@pytest.mark.parametrize("tag", ["Solution", " SOLUTION ", "solution"])
+def test_solution_tags_are_case_insensitive(tag):
+    out = json.dumps(student_version(_nb(("markdown", "SECRET", [tag]), ("code", "x = 1"))))
+    assert "SECRET" not in out and "x = 1" in out
+
+
+def test_well_formed_markers_and_ordinary_words_pass():
+    nb = _nb(("markdown", "At full resolution the solution of the exercise is below.\n\n"
+                          "```{solution} e\nSECRET\n```\n\n:::{solution} f\nSECRET\n:::\nKept: append, legend."),
+             ("code", "def f():\n    ### BEGIN SOLUTION\n    return 'SECRET'\n    ### END SOLUTION\n"))
+    out = json.dumps(student_version(nb))
+    assert "SECRET" not in out and "full resolution" in out and "Kept: append, legend." in out
+
+
+def test_leftover_markers_lists_lines():
+    assert assignments.leftover_markers("a\n## BEGIN SOLUTION\nb\n  ```{solution}\n") == \
+        [(2, "## BEGIN SOLUTION"), (4, "  ```{solution}")]
+    assert assignments.leftover_markers("resolution; solutions; the end") == []
+
+
+def test_student_html_check_flags_markers_and_directives(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("student_book", REPO / "tools" / "student_book.py")
+    student_book = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(student_book)
+    pages = tmp_path / "notebooks"
+    pages.mkdir()
+    for chapter in CHAPTERS:
+        cells = student_version(load(chapter), chapter.stem)["cells"]
+        body = "".join(f"<pre>{source(c)}</pre>" for c in cells)
+        (pages / f"{chapter.stem}.html").write_text(f"<html><script>var x = 'begin solution';</script>{body}</html>",
+                                                    encoding="utf-8")
+    assert student_book.check_html(tmp_path) == 0
+    page = pages / f"{CHAPTERS[0].stem}.html"
+    page.write_text(page.read_text(encoding="utf-8") + "\n<p>``` {solution} ex-1</p>\n<p>## Begin Solution</p>\n",
+                    encoding="utf-8")
+    assert student_book.check_html(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "solution marker or directive in the student page: '``` {solution} ex-1'" in out
+    assert "'## Begin Solution'" in out and "2 problems" in out

@@ -1,5 +1,12 @@
+"""Coursework self-checks: each passes a right answer and fails the usual mistakes; every check fails a broken
+result (NaN, None, a list, a wrong shape, an exception) with a message and never raises."""
+import math
+
+import numpy as np
+import pytest
 import torch
 
+from mtlutils import checks
 from mtlutils.checks import CheckResult, check_close, check_shared_forward
 
 
@@ -262,3 +269,152 @@ def test_verdict_check():
     assert check_verdict(verdict, verbose=False).passed       # the rule chapter 6 uses
     for wrong in (ignores_direction, inclusive, one_std):
         assert not check_verdict(wrong, verbose=False).passed, wrong.__name__
+
+
+# ---------------------------------------------------------------------------------------------------
+# every check against broken student functions: a FAIL that says what is wrong, never an exception
+
+def _good_miou(conf):
+    conf = conf.double()
+    tp = conf.diag()
+    union = conf.sum(0) + conf.sum(1) - tp
+    return float(100 * (tp[union > 0] / union[union > 0]).mean())
+
+
+def _good_stitch(alpha, x_a, x_b, grad_a, grad_b):
+    grad_alpha = torch.stack([torch.stack([(grad_a * x_a).sum(), (grad_a * x_b).sum()]),
+                              torch.stack([(grad_b * x_a).sum(), (grad_b * x_b).sum()])])
+    return alpha[0, 0] * grad_a + alpha[1, 0] * grad_b, alpha[0, 1] * grad_a + alpha[1, 1] * grad_b, grad_alpha
+
+
+def _good_dwa(history, temperature):
+    k = history.shape[1]
+    if history.shape[0] < 2:
+        return torch.ones(k, dtype=torch.float64)
+    return k * torch.softmax(history[-1] / history[-2] / temperature, dim=0)
+
+
+def _good_attend(module, u, p, prev=None):
+    mask = module.h(module.g(u if prev is None else torch.cat([u, prev], dim=1)))
+    return mask, mask * p
+
+
+def _good_frequencies(p, n):
+    g = -torch.log(-torch.log(torch.rand(n, len(p), dtype=p.dtype).clamp(1e-12, 1 - 1e-12)))
+    return (p + g).argmax(1).bincount(minlength=len(p)).double() / n
+
+
+def _good_verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True):
+    gap = (a_mean - b_mean) if higher_is_better else (b_mean - a_mean)
+    return "held" if gap > a_std + b_std else "reversed" if gap < -(a_std + b_std) else "within the spread"
+
+
+GOOD = {"check_shared_forward": good, "check_miou": _good_miou, "check_cross_stitch_backward": _good_stitch,
+        "check_dwa": _good_dwa, "check_attention": _good_attend, "check_gumbel_softmax": _gumbel,
+        "check_filter_group_routing": _route, "check_authors_frequencies": _good_frequencies,
+        "check_verdict": _good_verdict}
+
+
+def test_every_public_check_is_covered():
+    public = {n for n in dir(checks) if n.startswith("check_") and n != "check_close"}
+    assert public == set(GOOD)
+
+
+def _map(value, fn):
+    """Apply ``fn`` to every tensor (and number) inside a result."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map(v, fn) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_map(v, fn) for v in value)
+    if isinstance(value, float):
+        return float(fn(torch.tensor(value, dtype=torch.float64)))
+    return value
+
+
+def _poison(value, bad):
+    if isinstance(value, str):
+        return bad
+    return _map(value, lambda t: t * bad if t.is_floating_point() else t)
+
+
+def _as_lists(value):
+    if isinstance(value, torch.Tensor):
+        return value.detach().tolist()
+    if isinstance(value, (dict, tuple)):
+        return [_as_lists(v) for v in (value.values() if isinstance(value, dict) else value)]
+    return [value]
+
+
+def _reshaped(value):
+    if isinstance(value, (float, str)):
+        return torch.zeros(3)
+    return _map(value, lambda t: t[..., :-1] if t.dim() and t.shape[-1] > 1 else t.expand(2, *t.shape))
+
+
+def _numpy(value):
+    return np.array(value) if isinstance(value, str) else _map(value, lambda t: t.detach().numpy())
+
+
+def _raise(value):
+    raise RuntimeError("student bug")
+
+
+BAD = {"nan": (lambda v: _poison(v, math.nan), "non-finite"), "inf": (lambda v: _poison(v, math.inf), "non-finite"),
+       "none": (lambda v: None, "expected"), "list": (_as_lists, "expected"), "wrong shape": (_reshaped, "expected"),
+       "numpy": (_numpy, "expected"), "string": (lambda v: "oops", "expected"),
+       "raises": (_raise, "raised RuntimeError: student bug")}
+
+
+def _broken(good_fn, transform, from_call):
+    calls = []
+
+    def student(*args, **kwargs):
+        calls.append(1)
+        out = good_fn(*args, **kwargs)
+        return transform(out) if len(calls) >= from_call else out
+    return student
+
+
+@pytest.mark.parametrize("from_call", [1, 2], ids=["first call", "later calls"])
+@pytest.mark.parametrize("bad", sorted(BAD))
+@pytest.mark.parametrize("check_name", sorted(GOOD))
+def test_checks_fail_broken_results_with_a_message_and_never_raise(check_name, bad, from_call, capsys):
+    check = getattr(checks, check_name)
+    transform, says = BAD[bad]
+    result = check(_broken(GOOD[check_name], transform, from_call), verbose=True)   # must not raise
+    printed = capsys.readouterr().out
+    if (from_call == 2 and check_name == "check_shared_forward") or (bad == "numpy" and check_name == "check_miou"):
+        assert result.passed  # one call only, so no broken later call; a NumPy float is a number
+        return
+    if bad in ("nan", "inf") and check_name == "check_verdict":
+        says = "expected"  # a verdict is a string: a number is the wrong type
+    if bad == "numpy" and check_name == "check_verdict":
+        says = "expected"
+    assert isinstance(result, CheckResult) and not result.passed, result
+    assert says in result.message, result.message
+    assert printed.startswith(f"FAIL {check_name}") and "max error 0," not in printed
+
+
+def test_nan_results_were_passed_before():
+    """The reported cases: NaN dropped by max (attention), a NaN z-score (authors' sampler), and a
+    failed cross-stitch check that said 'max error 0'."""
+    nan_attention = checks.check_attention(lambda m, u, p, prev=None: _poison(_good_attend(m, u, p, prev), math.nan),
+                                           verbose=False)
+    assert not nan_attention.passed and "non-finite" in nan_attention.message
+    nan_freq = checks.check_authors_frequencies(lambda p, n: torch.full((len(p),), math.nan), verbose=False)
+    assert not nan_freq.passed and "non-finite" in nan_freq.message
+    stitch = checks.check_cross_stitch_backward(lambda *a: _poison(_good_stitch(*a), math.nan), verbose=False)
+    assert not stitch.passed and "non-finite" in stitch.message and "max error 0" not in str(stitch)
+    counts = checks.check_authors_frequencies(lambda p, n: _good_frequencies(p, n) * n, verbose=False)
+    assert not counts.passed and "summing to 1" in counts.message                # counts, not frequencies
+
+
+def test_check_close_reports_non_finite_and_odd_structures():
+    r = check_close("demo", {"a": torch.tensor([1.0, math.nan])}, {"a": torch.zeros(2)}, tol=1.0, verbose=False)
+    assert not r and "non-finite" in r.message and "'a'" in r.message
+    r = check_close("demo", {"a": None}, {"a": torch.zeros(2)}, tol=1.0, verbose=False)
+    assert not r and "expected {'a': (2,)}" in r.message
+    r = check_close("demo", [0.0, 0.0], torch.zeros(2), tol=1.0, verbose=False)
+    assert not r and "got list, expected (2,)" in r.message

@@ -128,6 +128,29 @@ def test_seg_errors():
         m.compute()
 
 
+def test_seg_non_finite_logits_count_as_wrong_not_as_class_0():
+    target = torch.zeros(1, 2, 2, dtype=torch.long)                 # every pixel is class 0
+    nan = torch.full((1, 3, 2, 2), float("nan"))                    # arg-max of NaN logits is class 0
+    for per_batch in (False, True):
+        m = SegMetrics(3, per_batch=per_batch)
+        m.update(nan, target)
+        assert m.compute() == {"miou": 0.0, "pixacc": 0.0}         # was 100 / 100
+    # one pixel with a NaN, one with an inf logit: both unpredicted; the two others right
+    logits = one_hot_logits(torch.tensor([[[0, 1], [0, 1]]]), 3)
+    logits[0, 2, 0, 0] = float("nan")
+    logits[0, 1, 1, 1] = float("inf")
+    truth = torch.tensor([[[0, 1], [0, 1]]])
+    m = SegMetrics(3)
+    m.update(logits, truth)
+    assert m.unpredicted.tolist() == [1, 1, 0] and int(m.confusion.sum()) == 2
+    assert m.compute() == pytest.approx({"miou": 50.0, "pixacc": 50.0})   # IoU 1/2 for classes 0 and 1
+    other = SegMetrics(3)
+    other.merge(m)
+    assert other.unpredicted.tolist() == [1, 1, 0] and other.compute() == m.compute()
+    m.update(torch.full((1, 3, 2, 2), float("nan")), torch.full((1, 2, 2), -1))   # void pixels: ignored
+    assert m.unpredicted.tolist() == [1, 1, 0]
+
+
 # ---------------------------------------------------------------- depth
 
 def test_depth_hand_case_invalid_pixels_ignored():

@@ -25,6 +25,18 @@ def test_unknown_names_list_the_valid_ones():
         create("split", TASKS, backbone="resnet")
 
 
+@pytest.mark.parametrize("width", [0, -0.5, float("nan"), float("inf"), "wide", None])
+def test_bad_width_is_an_error_not_a_one_channel_network(width):
+    for arch in ("split", "cross_stitch"):
+        with pytest.raises(ValueError, match=r"width .*must be a finite number > 0, got"):
+            create(arch, TASKS, width=width)
+    with pytest.raises(ValueError, match="width"):
+        create("mtan", [mu.tasks.seg_task(3), mu.TASKS["depth"]], width=width)
+    with pytest.raises(ValueError, match="width"):
+        mu.models.vgg.VGGTrunk(width=width)
+    assert create("split", TASKS, width=0.01) is not None               # tiny but positive is fine
+
+
 @pytest.mark.parametrize("shape", [(3, 20, 28), (3, 3, 20, 28), (3, 1, 4, 4)])
 def test_wrong_input_shape_says_what_was_expected(shape):
     model = small_model("split", TASKS)

@@ -102,6 +102,29 @@ def test_gumbel_softmax_rejects_non_finite_logits_and_survives_extremes(monkeypa
     assert torch.isfinite(g).all()
 
 
+@pytest.mark.parametrize("dtype, big, tau", [(torch.float32, 1e37, 0.01), (torch.float16, 1e4, 0.05),
+                                             (torch.float64, 1e307, 0.001)])
+def test_gumbel_softmax_does_not_overflow_for_huge_logits(dtype, big, tau):
+    logits = torch.tensor([[big, 0.0, -big], [0.0, big, big / 2]], dtype=dtype, requires_grad=True)
+    for hard in (False, True):
+        y = gumbel_softmax(logits, tau=tau, hard=hard, generator=torch.Generator().manual_seed(0))
+        assert y.dtype == dtype and torch.isfinite(y).all(), y
+        assert y.argmax(1).tolist() == [0, 1]
+        torch.testing.assert_close(y.detach().float(), torch.tensor([[1.0, 0, 0], [0, 1, 0]]), rtol=0, atol=1e-3)
+        (grad,) = torch.autograd.grad((y * torch.arange(3.0, dtype=dtype)).sum(), logits)
+        assert torch.isfinite(grad).all()
+
+
+def test_gumbel_softmax_ordinary_inputs_unchanged_bit_for_bit():
+    """The overflow guard must not change a single bit where the plain division is finite."""
+    for dtype in (torch.float32, torch.float64):
+        logits = torch.randn(200, 5, dtype=dtype, generator=torch.Generator().manual_seed(1)) * 4
+        for tau in (0.01, 0.5, 1.0, 7.0):
+            g = mu.layers.gumbel.sample_gumbel(logits.shape, dtype=dtype, generator=torch.Generator().manual_seed(2))
+            plain = F.softmax((logits + g) / tau, dim=-1)
+            assert torch.equal(gumbel_softmax(logits, tau=tau, generator=torch.Generator().manual_seed(2)), plain)
+
+
 # --------------------------------------------------------------------------------------------------
 # the filter-group convolution
 def test_routing_matrix_for_two_tasks():

@@ -1,7 +1,8 @@
 """The student edition of the book: every chapter replaced by its student version, solutions hidden.
 
 Usage: python tools/student_book.py SRC_DIR   (called by `make book-student`; then build SRC_DIR)
-       python tools/student_book.py --check HTML_DIR   (fails if any solution text is in the HTML)
+       python tools/student_book.py --check HTML_DIR   (fails if any solution text, marker or solution
+                                                        directive is in the HTML)
 
 Why not only sphinx-exercise's ``hide_solutions``: with gated solutions ({solution-start} ...
 {solution-end} around code cells) sphinx-exercise 1.x drops the start marker but leaves the cells and
@@ -21,7 +22,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from mtlutils.assignments import generate, solution_regions  # noqa: E402
+from mtlutils.assignments import generate, leftover_markers, solution_regions  # noqa: E402
 
 
 def make_source(target: Path) -> None:
@@ -45,11 +46,17 @@ def make_source(target: Path) -> None:
     print(f"student edition source: {target} ({len(chapters)} chapters)")
 
 
+def page_text(page: str) -> str:
+    """The visible text of an HTML page: scripts and styles dropped, tags removed (code is split into
+    highlighted spans), entities unescaped."""
+    page = re.sub(r"<(script|style)\b.*?</\1\s*>", "", page, flags=re.DOTALL | re.IGNORECASE)
+    return html.unescape(re.sub(r"<[^>]+>", "", page))
+
+
 def check_html(html_dir: Path) -> int:
-    """Exit status 1 if a solution line of any chapter appears in the built student HTML."""
-    # text of each page without tags (code is split into highlighted spans)
-    pages = {p.stem: html.unescape(re.sub(r"<[^>]+>", "", p.read_text(encoding="utf-8")))
-             for p in (html_dir / "notebooks").glob("*.html")}
+    """Exit status 1 if a solution line of any chapter, or anything that looks like a solution marker or
+    directive, appears in the built student HTML."""
+    pages = {p.stem: page_text(p.read_text(encoding="utf-8")) for p in (html_dir / "notebooks").glob("*.html")}
     leaks = []
     for chapter in sorted((REPO / "notebooks").glob("*.ipynb")):
         page = pages.get(chapter.stem)
@@ -60,6 +67,8 @@ def check_html(html_dir: Path) -> int:
             for line in region.splitlines():
                 if len(line.strip()) > 12 and line.strip() in page:
                     leaks.append(f"{chapter.stem}: solution line in the student page: {line.strip()!r}")
+        for _, line in leftover_markers(page):
+            leaks.append(f"{chapter.stem}: solution marker or directive in the student page: {line.strip()[:120]!r}")
     for leak in leaks:
         print(leak)
     print(f"student edition: {len(pages)} chapter pages checked, {len(leaks)} problems")

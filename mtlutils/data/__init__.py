@@ -16,11 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from .download import ChecksumError, download, file_sha256, verify
 from .multidigits import MultiDigits, multidigits, source_pools
-from .real import CityScapes, DatasetNotFoundError, NYUv2, UTKFace
+from .real import CityScapes, DatasetNotFoundError, InvalidSampleError, NYUv2, UTKFace, ValidationReport
 from .scenes import Scenes, make_scenes
 
 __all__ = ["MultiDigits", "multidigits", "source_pools", "Scenes", "make_scenes", "NYUv2", "CityScapes",
-           "UTKFace", "DatasetNotFoundError", "download", "verify", "file_sha256", "ChecksumError", "loaders",
+           "UTKFace", "DatasetNotFoundError", "InvalidSampleError", "ValidationReport", "download", "verify", "file_sha256", "ChecksumError", "loaders",
            "data_root"]
 
 

@@ -19,7 +19,7 @@ from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTa
 from .mtan import MTAN, STAN
 from .segnet import DenseHead, SegNetTrunk
 from .sfg import SFGNetwork
-from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
+from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk, check_width
 
 __all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel"]
 
@@ -84,10 +84,13 @@ def create(arch: str, tasks: "Mapping[str, Task] | Iterable[Task]", backbone: st
             ``cross_stitch``).
 
     Raises:
-        ValueError: unknown architecture or backbone name (the message lists the valid ones).
+        ValueError: unknown architecture or backbone name (the message lists the valid ones), or a
+            ``width`` that is not a finite number > 0.
     """
     if arch not in ARCHS:
         raise ValueError(f"unknown architecture {arch!r}; valid choices: {sorted(ARCHS)}")
+    if "width" in kwargs:
+        check_width(kwargs["width"])
     task_dict = as_task_dict(list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks))
     backbone = backbone or _default_backbone(task_dict)
     if backbone not in BACKBONES:

@@ -6,6 +6,7 @@ average pool to a fixed ``pool`` grid, so the trunk accepts any input size and (
 """
 from __future__ import annotations
 
+import math
 from typing import Generator, Sequence
 
 import torch
@@ -36,9 +37,21 @@ def run_units(units: nn.Sequential, x: torch.Tensor, stitch_each: bool) -> Stitc
     return x
 
 
+def check_width(width: float) -> float:
+    """``width`` as a float; ``ValueError`` unless it is a finite number > 0."""
+    try:
+        value = float(width)
+    except (TypeError, ValueError):
+        value = math.nan
+    if isinstance(width, bool) or not (math.isfinite(value) and value > 0):
+        raise ValueError(f"width (the channel multiplier, e.g. 1.0 for the full network, 0.5 for half as many "
+                         f"channels) must be a finite number > 0, got {width!r}")
+    return value
+
+
 def scaled(channels: int, width: float) -> int:
-    """Channels after a width multiplier (at least 1)."""
-    return max(1, int(round(channels * width)))
+    """Channels after a width multiplier ``width > 0`` (at least 1)."""
+    return max(1, int(round(channels * check_width(width))))
 
 
 def conv_unit(c_in: int, c_out: int) -> nn.Sequential:
