@@ -65,10 +65,19 @@ def cpu_description() -> tuple[str, str]:
 
 
 def code_hash() -> str:
-    """SHA-256 (first 16 hex digits) of every Python source file of the package: the code that trained.
+    """SHA-256 (first 16 hex digits) of every Python source file of the package, read at the first call
+    (the runner calls it when it is imported, so it names the code the process runs even if the files
+    change later).
 
     Two runs with the same hash ran the same training code whatever the git commit (a commit that only
     changes prose or results keeps it)."""
+    global _CODE_HASH
+    if _CODE_HASH is None:
+        _CODE_HASH = _read_code_hash()
+    return _CODE_HASH
+
+
+def _read_code_hash() -> str:
     digest = hashlib.sha256()
     for path in sorted(PACKAGE.rglob("*.py")):
         digest.update(str(path.relative_to(PACKAGE)).encode())
@@ -79,8 +88,16 @@ def code_hash() -> str:
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """``HEAD``'s commit, with ``+dirty`` when tracked files differ from it; ``"unknown"`` outside git."""
+    """The commit this process's code came from: ``HEAD`` (with ``+dirty`` when tracked files differed
+    from it) at the first call (the runner calls it when it is imported), so that a commit made while a
+    long run trains is not credited with that run; ``"unknown"`` outside git."""
     repo = repo or PACKAGE.parent
+    if repo not in _COMMITS:
+        _COMMITS[repo] = _read_git_commit(repo)
+    return _COMMITS[repo]
+
+
+def _read_git_commit(repo: Path) -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
@@ -185,3 +202,7 @@ def compare_repeat(committed: Mapping[str, Any], repeat: Mapping[str, Any],
         rows.append({"metric": metric, "committed": va, "repeat": vb, "diff": diff, "allowed": allowed,
                      "basis": basis, "ok": ok})
     return RepeatCheck(rule, reasons or ["all recorded items match"], all(r["ok"] for r in rows), rows)
+
+
+_CODE_HASH: str | None = None
+_COMMITS: dict[Path, str] = {}

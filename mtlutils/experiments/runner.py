@@ -30,6 +30,8 @@ from .config import Run, config_hash, grid, run_config
 
 REPO = Path(__file__).resolve().parents[2]
 RESULT_FORMAT = 2   # 2: with the machine fingerprint (mtlutils.provenance)
+# pin the code and commit this process runs now: edits or commits made while it trains are not its own
+provenance.code_hash(), provenance.git_commit(REPO)
 
 
 def make_loaders(train: Dataset, val: Dataset, batch_size: int, seed: int) -> tuple[DataLoader, DataLoader]:
