@@ -399,7 +399,11 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     opt = _make_optimizer(optimizer, params, lr, weight_decay)
     known = {id(p) for group in opt.param_groups for p in group["params"]}
     if extra and not all(id(p) in known for p in extra):
-        opt.add_param_group({"params": [p for p in extra if id(p) not in known]})
+        if callable(getattr(weighting, "param_groups", None)):   # e.g. GradNorm's w at its own rate
+            for group in weighting.param_groups(lr):
+                opt.add_param_group(group)
+        else:
+            opt.add_param_group({"params": [p for p in extra if id(p) not in known]})
     sched = scheduler(opt) if scheduler is not None else None
     settings = _settings(seed, epochs, opt, weighting, inner, sched)
     callbacks = list(callbacks)
@@ -436,6 +440,8 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
                 err.history = History.from_state(history.state())
                 raise
             weighting.end_epoch({name: row[f"train/{name}/loss"] for name in tasks})
+            if getattr(weighting, "needs", None) is not None:   # gradient-level: the epoch's mean weights, known only now
+                row.update({f"weight/{k}": float(v) for k, v in weighting.weights().items()})
             if val_data is not None:
                 row.update({f"val/{k}": v for k, v in evaluate(model, val_data, tasks, device).items()})
             if sched is not None:
@@ -536,7 +542,10 @@ def _train_epoch(loop: TrainState, data: Iterable[Batch], tasks: Mapping[str, Ta
         if not read[0]:
             raise _non_finite(loop, names, detached, step, checkpoint)
         opt.zero_grad(set_to_none=True)
-        total.backward()
+        if getattr(weighting, "needs", None) is None:
+            total.backward()
+        else:   # gradient-level: the weighting writes the gradients (mtlutils.weighting.base)
+            weighting.backward(losses, model, extra=reg if callable(regularization) else None)
         distributed.average_gradients(own_params)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)

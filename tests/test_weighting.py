@@ -24,8 +24,9 @@ def test_equal_weighting_sums_losses():
 
 
 def test_unknown_weighting_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown weighting 'gradnorm'; valid choices: \['dwa', 'equal', 'uncertainty'\]"):
-        weighting.create("gradnorm", ["a"])
+    with pytest.raises(ValueError, match=r"unknown weighting 'gradnrom'; valid choices: \['cagrad', 'dwa', "
+                                         r"'equal', 'gradnorm', 'mgda', 'pcgrad', 'rlw', 'uncertainty'\]"):
+        weighting.create("gradnrom", ["a"])
 
 
 class RecordingWeighting(weighting.Weighting):

@@ -99,6 +99,11 @@ class MTAN(MultiTaskModel):
             xavier_init(self.decoder_f)
         self.heads = nn.ModuleDict({name: make_head(trunk.out_features, task) for name, task in tasks.items()})
 
+    def shared_modules(self) -> list[nn.Module]:
+        """The shared SegNet/VGG trunk and the shared 3x3 units of the attention path (the attention
+        modules and heads are task-specific)."""
+        return [self.shared, self.encoder_f, self.decoder_f]
+
     # -- the shared network ------------------------------------------------------------------------
     def _shared_features(self, x: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
                                                           list[tuple[torch.Tensor, torch.Tensor]]]:

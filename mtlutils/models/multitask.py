@@ -18,6 +18,19 @@ TrunkFactory = Callable[[], nn.Module]
 HeadFactory = Callable[[int, Task], nn.Module]
 
 
+class _Latest:
+    """Holds the shared representation of the last forward pass. It is neither copied (``deepcopy`` of a
+    model works whatever the last forward left) nor pickled."""
+
+    value: torch.Tensor | None = None
+
+    def __deepcopy__(self, memo: dict) -> "_Latest":
+        return _Latest()
+
+    def __getstate__(self) -> dict:
+        return {}
+
+
 class MultiTaskModel(nn.Module):
     """Base class: checks the input and returns ``{task name: prediction}``."""
 
@@ -27,6 +40,27 @@ class MultiTaskModel(nn.Module):
         self.in_channels = in_channels
         self.min_size = min_size
         self.size_multiple = 1
+
+    # -- what gradient-level weightings need (mtlutils.weighting.base) -----------------------------------
+    def shared_modules(self) -> list[nn.Module]:
+        """The modules whose parameters every task's loss reaches (the shared trunk first); [] when the
+        tasks share nothing (separate task networks)."""
+        return []
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters θ_s of :meth:`shared_modules`: what gradient-level weightings combine."""
+        return [p for module in self.shared_modules() for p in module.parameters()]
+
+    def last_shared_layer(self) -> nn.Module | None:
+        """The last convolution or linear layer of the shared trunk (GradNorm's W), or None."""
+        layers = [m for module in self.shared_modules()[:1] for m in module.modules()
+                  if isinstance(m, (nn.Conv2d, nn.Linear))]
+        return layers[-1] if layers else None
+
+    def shared_representation(self) -> torch.Tensor | None:
+        """The tensor that every head read in the last forward pass (hard sharing), else None (MGDA-UB)."""
+        latest = self.__dict__.get("_latest")
+        return latest.value if latest is not None else None
 
     def check_input(self, x: torch.Tensor) -> None:
         """Raise a ``ValueError`` that says what was expected when ``x`` has the wrong shape."""
@@ -71,9 +105,13 @@ class HardSharedNetwork(MultiTaskModel):
         self.trunk = trunk
         self.heads = nn.ModuleDict({name: make_head(trunk.out_features, task) for name, task in tasks.items()})
 
+    def shared_modules(self) -> list[nn.Module]:
+        return [self.trunk]
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)
         features = self.trunk(x)
+        self.__dict__.setdefault("_latest", _Latest()).value = features   # what every head reads: MGDA-UB's Z
         return {name: head(features) for name, head in self.heads.items()}
 
 
@@ -95,6 +133,9 @@ class DenseNetwork(MultiTaskModel):
         self.trunks = nn.ModuleDict({name: make_trunk(side_channels=side) for name in tasks})
         self.heads = nn.ModuleDict({name: make_head(self.trunks[name].out_features, task)
                                     for name, task in tasks.items()})
+
+    def shared_modules(self) -> list[nn.Module]:
+        return [self.shared]
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)

@@ -1,17 +1,5 @@
-"""Loss weightings: how the per-task losses become one training loss, ``L = Σ_t λ_t L_t``.
-
-A weighting sees only the per-task losses (design.md §4), so any architecture works with any
-weighting. The training loop talks to it through three calls:
-
-* :meth:`Weighting.combine` every step: unweighted task losses -> total loss (differentiable);
-* :meth:`Weighting.end_epoch` after every epoch: the epoch-mean **unweighted** training loss of each
-  task (what Dynamic Weight Average needs);
-* :meth:`Weighting.weights` for the History: the current λ_t as floats.
-
-A weighting is an ``nn.Module``: one with learnable parameters (uncertainty weighting's
-log-variances) exposes them through ``parameters()`` and the loop adds them to the optimiser; its
-state (parameters, buffers and ``get_extra_state``) is saved in every checkpoint.
-"""
+"""Loss-level weightings: ``L = Σ_t λ_t L_t`` from the per-task losses alone (equal, uncertainty, DWA,
+random loss weighting)."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping
@@ -19,32 +7,8 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from .tasks import Task
-
-
-class Weighting(nn.Module):
-    """Base class of loss weightings. Subclasses override :meth:`combine` and, if needed, the rest."""
-
-    def __init__(self, task_names: Iterable[str]) -> None:
-        super().__init__()
-        self.task_names: list[str] = list(task_names)
-        if not self.task_names:
-            raise ValueError("a weighting needs at least one task")
-
-    def _check(self, losses: Mapping[str, torch.Tensor]) -> None:
-        if set(losses) != set(self.task_names):
-            raise KeyError(f"weighting expects losses for tasks {self.task_names}, got {sorted(losses)}")
-
-    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """The total loss from the unweighted per-task losses."""
-        raise NotImplementedError(f"{type(self).__name__} must implement combine()")
-
-    def weights(self) -> dict[str, float]:
-        """The current task weights λ_t (for the History and plots)."""
-        raise NotImplementedError(f"{type(self).__name__} must implement weights()")
-
-    def end_epoch(self, mean_losses: Mapping[str, float]) -> None:
-        """Called after each training epoch with the epoch-mean unweighted loss of every task."""
+from ..tasks import Task
+from .base import Weighting
 
 
 class EqualWeighting(Weighting):
@@ -67,7 +31,7 @@ CLASSIFICATION_KINDS = ("class", "seg")
 class UncertaintyWeighting(Weighting):
     """Homoscedastic uncertainty weighting with one learned log-variance ``s_t = log σ_t²`` per task.
 
-    ``form="reference"`` (the MTAN authors' code, papers.md §2.1): every task as a regression,
+    ``form="reference"`` (the MTAN authors' released code): every task as a regression,
     ``L = Σ_t L_t / (2 e^{s_t}) + s_t / 2``, ``s_t`` initialised to -0.5.
 
     ``form="kendall"`` (Kendall et al.'s per-kind form): a regression-like task (``regress``, ``depth``,
@@ -125,7 +89,7 @@ class UncertaintyWeighting(Weighting):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Dynamic Weight Average (Liu, Johns, Davison, CVPR 2019, Eq. 7; papers.md §2)
+# Dynamic Weight Average (Liu, Johns, Davison, CVPR 2019, Eq. 7)
 def dwa_weights(history: "torch.Tensor | list[list[float]]", temperature: float = 2.0) -> torch.Tensor:
     """The DWA weights of the next epoch from the epoch-mean unweighted losses so far.
 
@@ -192,23 +156,46 @@ class DWA(Weighting):
         self._update()
 
 
-WEIGHTINGS: dict[str, type[Weighting]] = {"equal": EqualWeighting, "uncertainty": UncertaintyWeighting,
-                                          "dwa": DWA}
+# ---------------------------------------------------------------------------------------------------
+# Random Loss Weighting (Lin et al., TMLR 2022)
+class RandomLossWeighting(Weighting):
+    """RLW: every step fresh weights ``λ = softmax(z)``, ``z ~ N(0, I_T)``, so ``λ`` lies on the simplex
+    (Σ λ = 1); the loss is ``Σ_t λ_t L_t``. The draws come from PyTorch's generator, which ``fit`` seeds
+    every epoch, so a resumed run draws the same weights. :meth:`weights` reports the mean of the last
+    epoch's draws (about 1/T each)."""
 
+    def __init__(self, task_names: Iterable[str]) -> None:
+        super().__init__(task_names)
+        self._last = torch.full((len(self.task_names),), 1.0 / len(self.task_names), dtype=torch.float64)
+        self._sum = torch.zeros(len(self.task_names), dtype=torch.float64)
+        self._steps = 0
+        self._epoch_mean = self._last.clone()
 
-def create(name: str, tasks: "Mapping[str, Task] | Iterable[Task] | Iterable[str]", **kwargs) -> Weighting:
-    """Build the weighting called ``name`` (one of :data:`WEIGHTINGS`) for the given tasks.
+    def draw(self) -> torch.Tensor:
+        """One draw of the weights (on the CPU generator)."""
+        return torch.softmax(torch.randn(len(self.task_names)), dim=0)
 
-    ``tasks`` may be names or :class:`~mtlutils.tasks.Task` objects; a weighting that needs more than the
-    names (``accepts_tasks = True``, e.g. the per-kind uncertainty form) receives the objects.
-    """
-    if name not in WEIGHTINGS:
-        raise ValueError(f"unknown weighting {name!r}; valid choices: {sorted(WEIGHTINGS)}")
-    if isinstance(tasks, Mapping):
-        items = [task if isinstance(task, Task) else name for name, task in tasks.items()]
-    else:
-        items = list(tasks)
-    if getattr(WEIGHTINGS[name], "accepts_tasks", False):
-        return WEIGHTINGS[name](items, **kwargs)
-    names = [t.name if isinstance(t, Task) else str(t) for t in items]
-    return WEIGHTINGS[name](names, **kwargs)
+    def combine(self, losses: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        self._check(losses)
+        stacked = torch.stack([losses[name] for name in self.task_names])
+        lam = self.draw().to(stacked.device, stacked.dtype) if self.training else \
+            torch.full_like(stacked, 1.0 / len(self.task_names))
+        if self.training:
+            self._sum += lam.detach().double().cpu()
+            self._steps += 1
+        return (lam * stacked).sum()
+
+    def weights(self) -> dict[str, float]:
+        return dict(zip(self.task_names, self._epoch_mean.tolist()))
+
+    def end_epoch(self, mean_losses: Mapping[str, float]) -> None:
+        if self._steps:
+            self._epoch_mean = self._sum / self._steps
+        self._sum.zero_()
+        self._steps = 0
+
+    def get_extra_state(self) -> dict:
+        return {"epoch_mean": self._epoch_mean.tolist()}
+
+    def set_extra_state(self, state: dict) -> None:
+        self._epoch_mean = torch.tensor(state["epoch_mean"], dtype=torch.float64)
