@@ -100,7 +100,8 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
                       weight_decay=float(train_cfg["weight_decay"]), scheduler=_scheduler(train_cfg),
                       val_data=val_loader, device=device, seed=run.seed, checkpoint=checkpoint, resume=True,
                       progress=progress, label=run.id, grad_clip=train_cfg.get("grad_clip"),
-                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks)
+                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks,
+                      precision=train_cfg.get("precision", "fp32"))
     except NonFiniteLossError as err:  # a result too (the cross-stitch paper's "higher rates diverged")
         status, error, history = "diverged", str(err), err.history
     wall = time.perf_counter() - began
@@ -113,6 +114,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
         "format": RESULT_FORMAT, "run": run.id, "experiment": cfg["name"], "command": command,
         "config": resolved, "config_hash": config_hash(resolved), "git_commit": provenance.git_commit(REPO),
         "seed": run.seed, "device": str(device), "processes": distributed.world()[1],
+        "precision": history.precision,
         "threads": torch.get_num_threads(),
         "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
         "versions": provenance.versions(), "wall_time_s": round(wall, 2),
