@@ -447,14 +447,14 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
                    enabled=progress and distributed.is_main(), initial=steps * start)
     loop = TrainState(model=model, optimizer=opt, weighting=weighting, history=history,
                       global_step=steps * start, precision=precision, scaler=scaler)
+    setup = _Setup(data, tasks, device, seed, grad_clip, checkpoint, bar, train_metrics, callbacks)
     try:
         for epoch in range(start + 1, epochs + 1):
             began = time.perf_counter()
             bar.set_description(f"{prefix}epoch {epoch}/{epochs}")
             loop.epoch = epoch
             try:
-                row = _train_epoch(loop, data, tasks, device, seed, grad_clip, checkpoint, bar, train_metrics,
-                                   callbacks)
+                row = _train_epoch(loop, setup)
             except NonFiniteLossError as err:
                 err.history = History.from_state(history.state())
                 raise
@@ -515,14 +515,29 @@ def _non_finite(loop: TrainState, names: list[str], values: torch.Tensor, step: 
                               value=value, **where)
 
 
-def _train_epoch(loop: TrainState, data: Iterable[Batch], tasks: Mapping[str, Task], device: torch.device,
-                 seed: int, grad_clip: float | None, checkpoint: Any, bar: Progress, train_metrics: bool,
-                 callbacks: list[Any]) -> dict[str, float]:
+@dataclass
+class _Setup:
+    """The settings of one :func:`fit` call that every epoch needs (what :func:`_train_epoch` reads)."""
+
+    data: Iterable[Batch]
+    tasks: Mapping[str, Task]
+    device: torch.device
+    seed: int
+    grad_clip: float | None
+    checkpoint: Any
+    bar: Progress
+    train_metrics: bool
+    callbacks: list[Any]
+
+
+def _train_epoch(loop: TrainState, setup: _Setup) -> dict[str, float]:
     """One training epoch; returns the epoch's History row (without validation entries).
 
     The step reads one value from the device (whether every loss is finite, in every process, together
     with the running loss sums for the progress bar): one host synchronisation per step."""
     model, weighting, opt, epoch = loop.model, loop.weighting, loop.optimizer, loop.epoch
+    data, tasks, device, seed, grad_clip = setup.data, setup.tasks, setup.device, setup.seed, setup.grad_clip
+    checkpoint, bar, train_metrics, callbacks = setup.checkpoint, setup.bar, setup.train_metrics, setup.callbacks
     s = epoch_seed(seed, epoch)
     torch.manual_seed(s)
     generator = getattr(data, "generator", None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -118,12 +117,14 @@ class CrossStitchNetwork(MultiTaskModel):
         return self
 
     # ------------------------------------------------------------------------------------- analysis
-    def alpha_table(self) -> pd.DataFrame:
+    def alpha_table(self) -> "pd.DataFrame":
         """Mean α_S and α_D per stitch point and task (α_D: the weight taken from all other tasks).
 
         Columns: ``point`` (its name), ``depth`` (0, 1, ... in network order), ``task``, ``alpha_S``,
         ``alpha_D``; per-channel values are averaged over the channels.
         """
+        import pandas as pd
+
         rows = []
         for depth, (point, unit) in enumerate(zip(self.point_names, self.units)):
             same, diff = unit.same_and_diff()
