@@ -24,6 +24,10 @@ Optional model hooks (duck-typed, so any ``nn.Module`` works without them):
 * ``model.on_train_step(step)``: called before every training step with the global step (0-based, counted
   over all epochs), e.g. to anneal a temperature. It must depend on ``step`` only, so that a resumed run
   equals an uninterrupted one.
+* ``model.calibrate(data)``: called with the training data after an epoch's training whenever the model
+  is about to be evaluated (before the validation of every epoch, and after the last epoch), e.g. to
+  re-estimate batch-norm statistics that training leaves stale (stochastic filter groups). It runs
+  before the checkpoint is written, so a resumed run equals an uninterrupted one.
 
 Several processes (``torchrun``, see :mod:`mtlutils.distributed`): pass a model prepared with
 :func:`~mtlutils.distributed.prepare_model` and data from a
@@ -296,6 +300,8 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
             bar.set_description(f"{prefix}epoch {epoch}/{epochs}")
             row = _train_epoch(model, data, tasks, weighting, opt, device, epoch, seed, grad_clip,
                                checkpoint, bar, train_metrics)
+            if callable(getattr(inner, "calibrate", None)) and (val_data is not None or epoch == epochs):
+                inner.calibrate(data)  # before the model is evaluated (see the hooks in the module doc)
             weighting.end_epoch({name: row[f"train/{name}/loss"] for name in tasks})
             if val_data is not None:
                 row.update({f"val/{k}": v for k, v in evaluate(model, val_data, tasks, device).items()})

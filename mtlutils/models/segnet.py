@@ -147,6 +147,16 @@ class SegNetTrunk(nn.Module):
                 x = yield x
         return x
 
+    def unpooling_ties(self) -> list[tuple[nn.Conv2d, nn.Conv2d]]:
+        """``(encoder conv, decoder conv)`` pairs whose channels max unpooling ties: channel ``c`` of the
+        decoder conv's output is put back at the positions where channel ``c`` of the encoder conv's output
+        had its maxima (the last conv of encoder stage ``s`` and the last conv of the decoder stage that
+        feeds the unpooling with stage ``s``'s indices). The deepest unpooling reuses the indices of the
+        very tensor it unpools, so it ties nothing."""
+        last = lambda stage: stage[-1][0]  # noqa: E731  the conv of a stage's last unit
+        deepest = len(self.encoder) - 1
+        return [(last(self.encoder[deepest - k]), last(self.decoder[k - 1])) for k in range(1, len(self.decoder))]
+
     def stage_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features and the inputs of the 9 stages that can take side inputs."""
         return self._run(x, None, record=True)
