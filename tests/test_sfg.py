@@ -574,16 +574,23 @@ def argmax_network_statistics(model, loader):
     return batch_norms(ref)
 
 
-def test_fit_leaves_sfg_with_the_batch_norm_statistics_of_the_evaluated_network():
+@pytest.mark.parametrize("validate", [False, True], ids=["chapter", "runner"])
+def test_fit_leaves_sfg_with_the_batch_norm_statistics_of_the_evaluated_network(validate):
     """Training samples a new grouping every step; evaluation runs argmax p. After fit, the running
     statistics must be those of the argmax network (one pass over the training data), not an average
-    over the sampled networks of training."""
+    over the sampled networks of training; with validation data (the experiment runner, whose result is
+    the last epoch's validation metrics) the validation sees them too."""
     loader = digit_loader()
+    val = digit_loader(32) if validate else None
     model = sfg(init="dirichlet", group_lr=10.0)
-    mu.fit(model, loader, DIGITS, epochs=2, seed=0, progress=False, device="cpu")
+    history = mu.fit(model, loader, DIGITS, epochs=2, seed=0, progress=False, device="cpu", val_data=val)
     for bn, ref in zip(batch_norms(model), argmax_network_statistics(model, loader)):
         torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+    if validate:
+        scores = mu.evaluate(model, val, DIGITS, "cpu")
+        assert history.rows[-1]["val/left/accuracy"] == scores["left/accuracy"]
+        assert history.rows[-1]["val/sum/mae"] == pytest.approx(scores["sum/mae"], rel=1e-6)
 
 
 def test_recalibrate_batch_norm_restores_modes_and_a_fixed_grouping_needs_none():
