@@ -21,13 +21,15 @@ This keeps SegNet's unpooling, so fixed groupings still reproduce hard sharing a
 exactly; the paper's networks have no unpooling, so it says nothing about this case.
 
 Objective (the paper's variational objective, chapter 5's eq-sfg-objective; its λ1, λ2 are written β1,
-β2): task losses (``fit``'s weighted sum of per-sample means, i.e. the paper's objective divided by N) plus :meth:`SFGNetwork.regularization`
-``= -entropy_weight · Σ_{l,k} H(p^(l),k)`` with ``entropy_weight = β2 / N`` (entropy *maximised*: the KL to
-a uniform prior over groups, up to a constant) plus L2 on the weights through the optimiser's
-``weight_decay`` (Adam's weight decay adds ``wd · M`` to the gradient: the gradient of ``(wd/2)||M||²``,
-so ``wd = 2 β1 / N``). The grouping
-logits get their own parameter group (learning rate × ``group_lr``, no weight decay). The temperature is
-constant or annealed, ``τ(step) = max(τ_min, τ_0 e^{-r·step})``, set by :meth:`SFGNetwork.on_train_step`.
+β2): task losses (``fit``'s weighted sum of per-sample means, i.e. the paper's objective divided by N)
+plus :meth:`SFGNetwork.regularization` ``= -entropy_weight · Σ_{l,k} H(p^(l),k)`` with
+``entropy_weight = β2 / N`` (entropy *maximised*: the KL to a uniform prior over groups, up to a constant)
+plus L2 on the weights through the optimiser's ``weight_decay`` (Adam's weight decay adds ``wd · M`` to the
+gradient: the gradient of ``(wd/2)||M||²``, so ``wd = 2 β1 / N``). The grouping logits get their own
+parameter group (learning rate × ``group_lr``, no weight decay). The temperature is constant or annealed,
+``τ(step) = max(τ_min, τ_0 e^{-r·step})``, set by :meth:`SFGNetwork.on_train_step`. Chapter 5 lists where
+this differs from the authors' code (entropy on each layer's mean, L2 as a mean over tensors, batch norm
+per group after the ReLU, and more).
 
 Inference and batch norm: ``inference="argmax"`` (default) evaluates the deterministic network of
 ``argmax p`` with running batch-norm statistics; training re-samples every grouping at every step, so the
@@ -162,6 +164,9 @@ class SFGNetwork(MultiTaskModel):
         entropy_weight: weight of ``-Σ H(p)`` on the per-sample-mean loss scale (the paper's β2 / N).
         group_lr: learning-rate multiplier of the grouping logits.
         inference, passes: evaluation mode (``"argmax"`` or ``"sample"``) and sampled passes.
+
+    Attributes: ``group_layers`` (the :class:`FilterGroupConv` of every trunk convolution, in order) and
+    ``ties`` (``(i, j)`` pairs of those indices that share one grouping, see the module doc; empty for VGG).
     """
 
     OPTIONS = ("temperature", "anneal_rate", "min_temperature", "init", "parameterization", "fixed", "impl",
