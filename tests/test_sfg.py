@@ -1,5 +1,6 @@
-"""Stochastic Filter Groups (papers.md §3): the Gumbel-Softmax sampler, the filter-group convolution (two
-implementations that must agree), the properties the paper states, the objective, inference modes."""
+"""Stochastic Filter Groups (Bragman et al., ICCV 2019): the Gumbel-Softmax sampler, the filter-group
+convolution (two implementations that must agree), the properties the paper states, routing through
+unpooling, the objective, inference modes and batch norm under random routings."""
 import copy
 import math
 
