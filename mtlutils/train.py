@@ -24,6 +24,10 @@ Optional model hooks (duck-typed, so any ``nn.Module`` works without them):
 * ``model.on_train_step(step)``: called before every training step with the global step (0-based, counted
   over all epochs), e.g. to anneal a temperature. It must depend on ``step`` only, so that a resumed run
   equals an uninterrupted one.
+* ``model.calibrate(data)``: called with the training data after an epoch's training whenever the model
+  is about to be evaluated (before the validation of every epoch, and after the last epoch), e.g. to
+  re-estimate batch-norm statistics that training leaves stale (stochastic filter groups). It runs
+  before the checkpoint is written, so a resumed run equals an uninterrupted one.
 
 Several processes (``torchrun``, see :mod:`mtlutils.distributed`): pass a model prepared with
 :func:`~mtlutils.distributed.prepare_model` and data from a
@@ -458,6 +462,8 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
             except NonFiniteLossError as err:
                 err.history = History.from_state(history.state())
                 raise
+            if callable(getattr(inner, "calibrate", None)) and (val_data is not None or epoch == epochs):
+                inner.calibrate(data)  # before the model is evaluated (see the hooks in the module doc)
             weighting.end_epoch({name: row[f"train/{name}/loss"] for name in tasks})
             if getattr(weighting, "needs", None) is not None:   # gradient-level: the epoch's mean weights, known only now
                 row.update({f"weight/{k}": float(v) for k, v in weighting.weights().items()})
