@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import distributed, provenance
+from .. import distributed, paths, provenance
 from .. import weighting as W
 from ..config import seed_everything
 from ..data.builders import build_data, input_channels
 from ..fileio import Busy, atomic_write_text, exclusive
 from .config import Run, config_hash, grid, run_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.PACKAGE.parent   # the checkout whose git commit a result names
 RESULT_FORMAT = 2   # 2: with the machine fingerprint (mtlutils.provenance)
 # pin the code and commit this process runs now: edits or commits made while it trains are not its own
 provenance.code_hash(), provenance.git_commit(REPO)
@@ -100,7 +100,8 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
                       weight_decay=float(train_cfg["weight_decay"]), scheduler=_scheduler(train_cfg),
                       val_data=val_loader, device=device, seed=run.seed, checkpoint=checkpoint, resume=True,
                       progress=progress, label=run.id, grad_clip=train_cfg.get("grad_clip"),
-                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks)
+                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks,
+                      precision=train_cfg.get("precision", "fp32"))
     except NonFiniteLossError as err:  # a result too (the cross-stitch paper's "higher rates diverged")
         status, error, history = "diverged", str(err), err.history
     wall = time.perf_counter() - began
@@ -113,6 +114,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
         "format": RESULT_FORMAT, "run": run.id, "experiment": cfg["name"], "command": command,
         "config": resolved, "config_hash": config_hash(resolved), "git_commit": provenance.git_commit(REPO),
         "seed": run.seed, "device": str(device), "processes": distributed.world()[1],
+        "precision": history.precision,
         "threads": torch.get_num_threads(),
         "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
         "versions": provenance.versions(), "wall_time_s": round(wall, 2),
@@ -166,8 +168,8 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
     invocation's mean seconds per trained run)."""
     import fnmatch
 
-    results = (results_root or REPO / "results") / cfg["name"]
-    checkpoints = (checkpoint_root or REPO / "checkpoints") / cfg["name"]
+    results = (results_root or paths.results_root()) / cfg["name"]
+    checkpoints = (checkpoint_root or paths.checkpoints_root()) / cfg["name"]
     device = distributed.setup()
     command = command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "mtlutils.experiments",
                                                              *sys.argv[1:]])
@@ -212,7 +214,7 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
 
 def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> list[dict[str, Any]]:
     """The result files of a config's grid that exist and match its current settings."""
-    results = (results_root or REPO / "results") / cfg["name"] / "runs"
+    results = (results_root or paths.results_root()) / cfg["name"] / "runs"
     found = (read_result(results / f"{run.id}.json", run_config(cfg, run)) for run in grid(cfg))
     return [result for result in found if result is not None]
 
@@ -224,7 +226,7 @@ def aggregate(cfg: Mapping[str, Any], results_root: Path | None = None) -> Path:
     results = load_results(cfg, results_root)
     expected = len(grid(cfg))
     table = summarise(results, cfg.get("baseline", "single"))
-    out = (results_root or REPO / "results") / cfg["name"] / "summary.csv"
+    out = (results_root or paths.results_root()) / cfg["name"] / "summary.csv"
     atomic_write_text(out, table.to_csv(index=False, float_format="%.8g"))
     print(f"{cfg['name']}: {len(results)}/{expected} runs summarised -> {out}")
     return out
