@@ -164,8 +164,8 @@ def _duration(seconds: float) -> str:
 def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoint_root: Path | None = None,
              only: str | None = None, progress: bool = True, command: str | None = None) -> list[Path]:
     """Run every unfinished run of the grid (those matching the glob ``only``); returns the result files
-    that exist afterwards. Prints one line per run and an estimate of the time left (from this
-    invocation's mean seconds per trained run)."""
+    that exist afterwards. Prints one line per run and an estimate of the time left (this invocation's
+    seconds per trained epoch times the epochs left)."""
     import fnmatch
 
     results = (results_root or paths.results_root()) / cfg["name"]
@@ -179,7 +179,8 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
     todo = [r for r in runs if not is_done(results / "runs" / f"{r.id}.json", run_config(cfg, r))]
     say(f"{cfg['name']}: {len(runs)} run(s), {len(runs) - len(todo)} done, {len(todo)} to train; profile "
         f"{cfg['profile']}, {distributed.world()[1]} process(es), device {device}", flush=True)
-    trained_seconds, trained = 0.0, 0
+    trained_seconds, trained_epochs = 0.0, 0
+    epochs = {r: int(run_config(cfg, r)["train"]["epochs"]) for r in todo}
     for k, run in enumerate(runs, start=1):
         path = results / "runs" / f"{run.id}.json"
         if run not in todo:
@@ -201,12 +202,15 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
                 continue
             say(f"{tag}: training", flush=True)
             result = execute(cfg, run, results, checkpoints, device, command, progress)
-        trained_seconds, trained = trained_seconds + result["wall_time_s"], trained + 1
-        left = sum(1 for r in todo[todo.index(run) + 1:])
+        trained_seconds += result["wall_time_s"]
+        trained_epochs += epochs[run]
+        rest = todo[todo.index(run) + 1:]
+        left, left_epochs = len(rest), sum(epochs[r] for r in rest)
         outcome = ", ".join(f"{m} {v:.4g}" for m, v in result["metrics"].items()) or result["error"]
         say(f"{tag}: {result['status']} in {result['wall_time_s']:.0f} s: {outcome}", flush=True)
-        if left:
-            say(f"[{cfg['name']}] {left} run(s) left, about {_duration(left * trained_seconds / trained)}",
+        if left:   # from this invocation's seconds per epoch (models differ in cost: a rough guide)
+            say(f"[{cfg['name']}] {left} run(s) left, about "
+                f"{_duration(left_epochs * trained_seconds / max(trained_epochs, 1))} at this process's pace",
                 flush=True)
         written.append(path)
     return written
