@@ -7,23 +7,17 @@ core :class:`Trunk`. A few need more, each named here as a capability of its own
 :func:`require` when the model is built (so a wrong backbone fails at once, with a message that says
 which backbone has the capability):
 
-=========================  ==================================================  ==============  ====  ======
-capability                 what it adds                                        needed by       VGG   SegNet
-=========================  ==================================================  ==============  ====  ======
-:class:`Trunk`             ``in_channels``, ``min_size``, ``size_multiple``,   every arch      yes   yes
-                           ``out_features``, ``forward(x)``
-:class:`StitchableTrunk`   ``stitch_points``, ``run_stitched`` (forward as a   cross_stitch    yes   yes
-                           generator that stops where units mix features)
-:class:`SideInputTrunk`    ``forward(x, side)``, ``stage_inputs``,             dense           no    yes
-                           ``side_channel_sizes``; factory takes
-                           ``side_channels=``
-:class:`StagedTrunk`       ``encoder_stages``, ``decoder_stages``,             mtan, stan      yes   yes
-                           ``run_stages`` (the shared pass with its pooling
-                           and unpooling, recording every stage),
-                           ``finish``, ``initialise``
-:class:`TiedUnpoolingTrunk` ``unpooling_ties`` (layers whose channels max      sfg (if any)    no    yes
-                           unpooling ties together)
-=========================  ==================================================  ==============  ====  ======
+* :class:`Trunk` (every architecture): ``in_channels``, ``min_size``, ``size_multiple``,
+  ``out_features`` and ``forward(x)``. VGG and SegNet.
+* :class:`StitchableTrunk` (``cross_stitch``): ``stitch_points`` and ``run_stitched``, the forward pass as a
+  generator that stops where cross-stitch units mix the networks' features. VGG and SegNet.
+* :class:`SideInputTrunk` (``dense``): ``forward(x, side)``, ``stage_inputs`` and ``side_channel_sizes``;
+  its factory takes ``side_channels=``. SegNet.
+* :class:`StagedTrunk` (``mtan``, ``stan``): ``encoder_stages``, ``decoder_stages``, ``run_stages`` (the
+  shared pass, with the trunk's own pooling and unpooling, recording every stage), ``finish`` and
+  ``initialise``. VGG and SegNet.
+* :class:`TiedUnpoolingTrunk` (``sfg``, when the trunk has it): ``unpooling_ties``, the layers whose
+  channels max unpooling ties together. SegNet.
 
 Heads: every head is ``head(features) -> prediction`` built by ``make_head(out_features, task)``; a
 :class:`StitchableHead` also exposes its hidden fully-connected layer, which cross-stitch networks stitch
