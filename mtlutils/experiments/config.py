@@ -69,7 +69,7 @@ TRAIN_KEYS = {"epochs": "int>=1", "batch_size": "int>=1", "lr": "num>0", "optimi
 TOP_KEYS = {"name": "name", "description": "str", "baseline": "str", "data": "table", "train": "table",
             "models": "table", "grid": "table", "weighting_options": "table", "profile": "table"}
 GRID_KEYS = {"data": "strings", "models": "strings", "weightings": "strings", "seeds": "seeds",
-             "single_task": "strings", "weighted_models": "strings"}
+             "single_task": "strings", "weighted_models": "strings", "keep_models": "strings"}
 MODEL_KEYS = {"arch": "str", "options": "table", "train": "table"}
 
 
