@@ -7,7 +7,7 @@ JB     := $(BIN)/jupyter-book
 PROFILE ?= $(or $(MTL_PROFILE),full)
 
 .PHONY: help venv book book-quick book-student test unit nbval book-check-build check-book assignments \
-        serve bench reproduce clean clean-all
+        grade serve bench reproduce clean clean-all
 
 help:
 	@echo "make book          build the book (executes every chapter, profile '$(PROFILE)') into _build/html"
@@ -16,6 +16,7 @@ help:
 	@echo "                   (OVERFLOW=warn lists code/output/table blocks wider than their box without failing)"
 	@echo "make assignments   write the student notebooks to notebooks/assignments/"
 	@echo "make book-student  build the book with solutions hidden into _build/student/html"
+	@echo "make grade SUBMISSIONS=dir   run every student notebook under dir, every check's result into _build/grades.csv"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
 	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS grids at a time; NPROC=2: torchrun)"
@@ -65,6 +66,14 @@ check-book: $(STAMP)
 
 assignments: $(STAMP)
 	$(BIN)/python -m mtlutils.assignments
+
+# Grading: every notebook under SUBMISSIONS runs in a fresh kernel (quick profile, GRADE_TIMEOUT seconds for
+# the whole notebook); every mtlutils.checks result, and each notebook's own status, goes to GRADES (CSV).
+GRADES ?= _build/grades.csv
+GRADE_TIMEOUT ?= 900
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir (for example SUBMISSIONS=notebooks/assignments)"; exit 2; }
+	$(BIN)/python tools/grade.py "$(SUBMISSIONS)" --out "$(GRADES)" --timeout $(GRADE_TIMEOUT)
 
 serve:
 	$(PYTHON) -m http.server --directory _build/html --bind 127.0.0.1 8000
