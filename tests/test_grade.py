@@ -76,6 +76,10 @@ def test_exercises_are_numbered_per_chapter_and_found_above_their_checks():
     assert grade.exercises_by_cell(untitled, Path("07_balancing.ipynb"))[0].number == "7.1"
     calls = notebook(("code", "r = mu.checks.check_dwa(f)\nmu.checks.check_miou (g)"), ("code", "checks.check_dwa(h)"))
     assert grade.checks_called(calls) == {"check_dwa": 0, "check_miou": 0}
+    chapters = REPO / "notebooks"
+    assert grade.reference_for(Path("alice/05_sfg.ipynb"), chapters) == chapters / "05_sfg.ipynb"
+    assert grade.reference_for(Path("05_sfg_alice.ipynb"), chapters) == chapters / "05_sfg.ipynb"
+    assert grade.reference_for(Path("alice.ipynb"), chapters) is None
 
 
 def test_checks_are_recorded_however_called_and_failures_do_not_stop_the_notebook(tmp_path):

@@ -3,7 +3,7 @@
 ``make grade SUBMISSIONS=dir`` runs this.  Every ``*.ipynb`` under ``SUBMISSIONS`` (searched
 recursively, ``.ipynb_checkpoints`` skipped) is executed top to bottom in its own new Python kernel,
 in the notebook's folder, with ``MTL_PROFILE=quick`` (``--profile``) and a time limit for the whole
-notebook (``--timeout``, seconds).  A cell that raises does not stop the notebook (a stub that raises
+notebook, kernel start included (``--timeout``, seconds).  A cell that raises does not stop the notebook (a stub that raises
 ``NotImplementedError`` must not hide the checks after it); a notebook that runs out of time, or
 whose kernel dies, is recorded as such and the grading goes on with the next one.
 
@@ -20,7 +20,8 @@ Which exercise a check belongs to: the last ``{exercise}`` directive in a markdo
 that called it, numbered per chapter as the book numbers it ("Exercise 5.1": the chapter number from
 the notebook's ``# 5. Title`` or from its file name).  A check that the notebook, or the repository's
 chapter of the same file name (``--reference``), calls as ``checks.check_x(...)`` but that never ran
-gets a ``NOT RUN`` row, so deleting a check cell does not hide an exercise.
+gets a ``NOT RUN`` row, so deleting a check cell does not hide an exercise (a submission renamed
+``05_sfg_alice.ipynb`` is matched with the chapter ``05_*.ipynb``).
 
 The CSV (``--out``) has one row per check call and one row per notebook::
 
@@ -284,6 +285,10 @@ def kernel_environment(log: Path, ipython_dir: Path, profile: str) -> dict[str, 
     return env
 
 
+def _where(index: int) -> str:
+    return f"in cell {index}" if index >= 0 else "while the kernel started"
+
+
 async def _execute(nb: Any, folder: Path, env: dict[str, str], log: Path, timeout_s: float,
                    graded: Graded, at_cell: dict[int, list[dict[str, Any]]]) -> None:
     """Run ``nb`` cell by cell in a new kernel, the whole of it within ``timeout_s``; fill ``graded``."""
@@ -320,14 +325,14 @@ async def _execute(nb: Any, folder: Path, env: dict[str, str], log: Path, timeou
                         errors.append((index, f"{output.get('ename', '')}: {output.get('evalue', '')}"[:160]))
     except CellTimeoutError:
         graded.status = "TIMEOUT"
-        graded.message = f"stopped after {timeout_s:g} s in cell {index}"
+        graded.message = f"stopped after {timeout_s:g} s, {_where(index)}"
     except DeadKernelError as exc:
         graded.status = "CRASH"
-        graded.message = f"the kernel died in cell {index}: {str(exc).splitlines()[0] if str(exc) else 'no reason'}"
+        graded.message = f"the kernel died, {_where(index)}: {str(exc).splitlines()[0] if str(exc) else 'no reason'}"
     except Exception as exc:  # noqa: BLE001 - a notebook that cannot be run is recorded, not fatal
         graded.status = "CRASH"
         first = str(exc).splitlines()[0] if str(exc) else ""
-        graded.message = f"could not run (cell {index}): {type(exc).__name__}: {first}"[:300]
+        graded.message = f"could not run, {_where(index)}: {type(exc).__name__}: {first}"[:300]
     records, offset = _read_new(log, offset)  # a result written just before a timeout or crash
     if records:
         at_cell.setdefault(index, []).extend(records)
@@ -393,6 +398,19 @@ def grade_notebook(path: Path, name: str, timeout_s: float = 900.0, profile: str
     return graded
 
 
+def reference_for(path: Path, reference_dir: Path) -> Path | None:
+    """The chapter a submission is a version of: the one of the same file name, else the only one whose
+    number starts the submission's name (``05_sfg_alice.ipynb`` -> ``05_sfg.ipynb``); None if neither."""
+    same = reference_dir / path.name
+    if same.is_file():
+        return same
+    match = FILE_NUMBER.match(path.name)
+    if not match:
+        return None
+    candidates = list(reference_dir.glob(f"{match.group(1)}_*.ipynb"))
+    return candidates[0] if len(candidates) == 1 else None
+
+
 def find_notebooks(folder: Path) -> list[Path]:
     """Every notebook under ``folder`` (or ``folder`` itself if it is one), checkpoints skipped, sorted."""
     if folder.is_file():
@@ -410,7 +428,7 @@ def grade(submissions: Path, out: Path, timeout_s: float = 900.0, profile: str =
     results: list[Graded] = []
     for path in notebooks:
         name = path.relative_to(base).as_posix()
-        reference = reference_dir / path.name if reference_dir is not None else None
+        reference = reference_for(path, reference_dir) if reference_dir is not None else None
         graded = grade_notebook(path, name, timeout_s, profile, reference, executed_dir)
         results.append(graded)
         rows.extend(graded.rows)
