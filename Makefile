@@ -8,14 +8,16 @@ JB     := $(BIN)/jupyter-book
 PROFILE ?= $(or $(MTL_PROFILE),full)
 
 .PHONY: help venv book book-quick book-student test unit nbval book-check-build check-book assignments \
-        serve bench reproduce clean clean-all
+        grade serve bench reproduce clean clean-all
 
 help:
 	@echo "make book          build the book (executes every chapter, profile '$(PROFILE)') into _build/html"
 	@echo "make test          unit tests + every chapter under nbval (quick) + warnings-as-errors book build"
 	@echo "make check-book    open every built page in headless Chromium, offline; screenshots in _build/screenshots"
+	@echo "                   (OVERFLOW=warn lists code/output/table blocks wider than their box without failing)"
 	@echo "make assignments   write the student notebooks to notebooks/assignments/"
 	@echo "make book-student  build the book with solutions hidden into _build/student/html"
+	@echo "make grade SUBMISSIONS=dir   run every student notebook under dir, every check's result into _build/grades.csv"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
 	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS processes share the runs; NPROC=2: torchrun)"
@@ -51,6 +53,9 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	MTL_PROFILE=quick $(BIN)/python -m pytest notebooks
 
+# A code, output or table block wider than its box at 1280 px is listed (OVERFLOW=fail: it fails the page,
+# the default once every chapter's code and output are wrapped; OVERFLOW=off: not measured).
+OVERFLOW ?= warn
 check-book: $(STAMP)
 	@test -d _build/html || { echo "no _build/html: run 'make book' (or 'make test') first"; exit 2; }
 	@test -x /usr/bin/chromium || { \
@@ -58,10 +63,18 @@ check-book: $(STAMP)
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.48,<2"
 	$(BIN)/python -m pytest -q tests/test_check_book.py   # the checker catches what it must
-	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots
+	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots --overflow $(OVERFLOW)
 
 assignments: $(STAMP)
 	$(BIN)/python -m mtlutils.assignments
+
+# Grading: every notebook under SUBMISSIONS runs in a fresh kernel (quick profile, GRADE_TIMEOUT seconds for
+# the whole notebook); every mtlutils.checks result, and each notebook's own status, goes to GRADES (CSV).
+GRADES ?= _build/grades.csv
+GRADE_TIMEOUT ?= 900
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir (for example SUBMISSIONS=notebooks/assignments)"; exit 2; }
+	$(BIN)/python tools/grade.py "$(SUBMISSIONS)" --out "$(GRADES)" --timeout $(GRADE_TIMEOUT)
 
 serve:
 	$(PYTHON) -m http.server --directory _build/html --bind 127.0.0.1 8000
