@@ -1,4 +1,5 @@
 # mtl-book: `make book` builds the book, `make test` runs every test. See README.md.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,17 +8,19 @@ JB     := $(BIN)/jupyter-book
 PROFILE ?= $(or $(MTL_PROFILE),full)
 
 .PHONY: help venv book book-quick book-student test unit nbval book-check-build check-book assignments \
-        serve bench reproduce clean clean-all
+        grade serve bench reproduce clean clean-all
 
 help:
 	@echo "make book          build the book (executes every chapter, profile '$(PROFILE)') into _build/html"
 	@echo "make test          unit tests + every chapter under nbval (quick) + warnings-as-errors book build"
 	@echo "make check-book    open every built page in headless Chromium, offline; screenshots in _build/screenshots"
+	@echo "                   (OVERFLOW=warn lists code/output/table blocks wider than their box without failing)"
 	@echo "make assignments   write the student notebooks to notebooks/assignments/"
 	@echo "make book-student  build the book with solutions hidden into _build/student/html"
+	@echo "make grade SUBMISSIONS=dir   run every student notebook under dir, every check's result into _build/grades.csv"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
-	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS grids at a time; NPROC=2: torchrun)"
+	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS processes share the runs; NPROC=2: torchrun)"
 	@echo "make clean         remove _build (make clean-all also removes .venv and data caches)"
 
 # The virtual environment, created with the Python that runs make; reinstalled when the requirements change.
@@ -50,6 +53,9 @@ unit: $(STAMP)
 nbval: $(STAMP)
 	MTL_PROFILE=quick $(BIN)/python -m pytest notebooks
 
+# A code, output or table block wider than its box at 1280 px is listed (OVERFLOW=fail: it fails the page,
+# the default once every chapter's code and output are wrapped; OVERFLOW=off: not measured).
+OVERFLOW ?= warn
 check-book: $(STAMP)
 	@test -d _build/html || { echo "no _build/html: run 'make book' (or 'make test') first"; exit 2; }
 	@test -x /usr/bin/chromium || { \
@@ -57,10 +63,18 @@ check-book: $(STAMP)
 	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@$(BIN)/python -c "import playwright" 2>/dev/null || $(BIN)/python -m pip install --quiet "playwright>=1.48,<2"
 	$(BIN)/python -m pytest -q tests/test_check_book.py   # the checker catches what it must
-	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots
+	$(BIN)/python tools/check_book.py --html _build/html --screenshots _build/screenshots --overflow $(OVERFLOW)
 
 assignments: $(STAMP)
 	$(BIN)/python -m mtlutils.assignments
+
+# Grading: every notebook under SUBMISSIONS runs in a fresh kernel (quick profile, GRADE_TIMEOUT seconds for
+# the whole notebook); every mtlutils.checks result, and each notebook's own status, goes to GRADES (CSV).
+GRADES ?= _build/grades.csv
+GRADE_TIMEOUT ?= 900
+grade: $(STAMP)
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=dir (for example SUBMISSIONS=notebooks/assignments)"; exit 2; }
+	$(BIN)/python tools/grade.py "$(SUBMISSIONS)" --out "$(GRADES)" --timeout $(GRADE_TIMEOUT)
 
 serve:
 	$(PYTHON) -m http.server --directory _build/html --bind 127.0.0.1 8000
@@ -69,22 +83,25 @@ bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 # Every experiment grid (experiments/*.toml): finished runs are skipped, interrupted ones resume.
-# The grids run in parallel, JOBS at a time, each process on one CPU thread (small networks use one core
-# better than two threads do). NPROC=N instead trains every run with N processes (torchrun +
+# JOBS processes (one CPU thread each: small networks use one core better than two threads do) work through
+# all grids together, each run under a lock, so no core idles while another grid still has runs; then the
+# summaries are written. NPROC=N instead trains every run with N processes (torchrun +
 # DistributedDataParallel; one GPU each when CUDA is present), one grid after the other.
 NPROC ?= 1
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 EXPERIMENTS ?= $(sort $(wildcard experiments/*.toml))
 reproduce: $(STAMP)
 ifeq ($(NPROC),1)
-	@start=$$(date +%s); $(MAKE) --no-print-directory -j$(JOBS) $(EXPERIMENTS:experiments/%.toml=reproduce-%) && \
-	  echo "reproduce: finished in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); pids=""; \
+	for lane in $$(seq $(JOBS)); do \
+	  OMP_NUM_THREADS=1 MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run $(EXPERIMENTS) \
+	    --no-progress > >(sed "s/^/[lane $$lane] /") 2>&1 & pids="$$pids $$!"; \
+	done; fail=0; for pid in $$pids; do wait $$pid || fail=1; done; \
+	MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments aggregate $(EXPERIMENTS) && \
+	echo "reproduce: finished in $$(( $$(date +%s) - start )) s" && exit $$fail
 else
 	MTL_PROFILE=$(PROFILE) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m mtlutils.experiments run $(EXPERIMENTS)
 endif
-
-reproduce-%: $(STAMP)
-	OMP_NUM_THREADS=1 MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run experiments/$*.toml --no-progress
 
 clean:
 	rm -rf _build

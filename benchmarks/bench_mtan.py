@@ -1,5 +1,5 @@
 """MTAN's training-step time against its FLOP count, beside one SegNet, the split baselines and the
-reference per-task loop (papers.md §2.1 "Compute").
+reference per-task loop (chapter 4, "Compute: where MTAN's time goes"; book/authors_code.md).
 
 Run: ``python benchmarks/bench_mtan.py [--size 64 64] [--width 0.25] [--batch 16] [--tasks 3]``.
 

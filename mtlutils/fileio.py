@@ -66,3 +66,14 @@ def exclusive(path: str | os.PathLike) -> Iterator[Path]:
         finally:
             if fcntl is not None:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def is_busy(path: str | os.PathLike) -> bool:
+    """True if another process holds the lock on ``path`` now (a missing file is not busy)."""
+    if not Path(path).is_file():
+        return False
+    try:
+        with exclusive(path):
+            return False
+    except Busy:
+        return True

@@ -4,9 +4,11 @@ Every metric is accumulated over the whole evaluation set (sums and counts), nev
 so the result does not depend on the batch size. ``HIGHER_IS_BETTER`` tells :func:`delta_mtl` the
 direction of each metric name.
 
-The dense-prediction metrics (:class:`SegMetrics`, :class:`DepthMetrics`, :class:`NormalMetrics`,
-papers.md §4) follow the same rule by default; their ``per_batch=True`` option deliberately reproduces
-the MTAN reference code's per-batch averaging (papers.md §2.1) so that the difference can be shown.
+The dense-prediction metrics (:class:`SegMetrics`, :class:`DepthMetrics`, :class:`NormalMetrics`;
+chapter 2, eq-miou and the section "Metrics, from their formulas") follow the same rule by default; their
+``per_batch=True`` option deliberately reproduces the MTAN reference code's per-batch averaging (book
+appendix "Reading the authors' code", section on the reference metrics) so that the difference can be
+shown.
 Device handling: ``update`` accepts tensors on any device; it detaches them, reduces on the input device
 only where that shrinks the data (the arg-max over segmentation logits), and moves the rest to the CPU.
 All accumulated state lives on the CPU (confusion matrix int64, sums float64, normal angles float32).
@@ -21,7 +23,7 @@ import torch
 # direction of every metric name produced in this module (used by delta_mtl)
 HIGHER_IS_BETTER: dict[str, bool] = {
     "accuracy": True, "mae": False, "rmse": False,
-    # dense prediction (papers.md §4): segmentation, depth, surface normals
+    # dense prediction (chapter 2): segmentation, depth, surface normals
     "miou": True, "pixacc": True,
     "abs_err": False, "rel_err": False,
     "mean": False, "median": False, "within_11.25": True, "within_22.5": True, "within_30": True,
@@ -111,7 +113,7 @@ class RegressMetrics(Metric):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Dense prediction (papers.md §4; the reference code's versions and their problems: §2.1)
+# Dense prediction (chapter 2; the reference code's versions and their problems: book/authors_code.md)
 # ----------------------------------------------------------------------------------------------------
 
 def _as_labels(x: torch.Tensor, what: str) -> torch.Tensor:
@@ -275,7 +277,7 @@ def _dense_pair(pred: torch.Tensor, target: torch.Tensor, who: str) -> tuple[tor
 
 
 class DepthMetrics(Metric):
-    """Depth: absolute and relative error over valid pixels (target ≠ 0), papers.md §4.
+    """Depth: absolute and relative error over valid pixels (target ≠ 0), chapter 2.
 
     ``abs_err = mean |ŷ − y|`` and ``rel_err = mean |ŷ − y| / y``, both over every valid pixel of the
     whole set (pixel-weighted; sums in float64). ``pred`` and ``target`` are ``(N, 1, H, W)`` or
@@ -322,7 +324,7 @@ class DepthMetrics(Metric):
 
 
 class NormalMetrics(Metric):
-    """Surface normals: angular error in degrees over valid pixels (target not all-zero), papers.md §4.
+    """Surface normals: angular error in degrees over valid pixels (target not all-zero), chapter 2.
 
     ``pred`` and ``target`` are ``(N, 3, H, W)``. Predictions are normalised to unit length before use
     (a zero prediction stays zero and scores 90°); targets are used as given (unit normals). Per pixel,

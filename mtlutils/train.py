@@ -1,6 +1,6 @@
 """The training loop shared by every chapter: ``fit(model, data, tasks, weighting) -> History``.
 
-Data flow (design.md §4): batch dict -> ``model(image)`` -> ``{task: prediction}`` ->
+Data flow (docs/ARCHITECTURE.md): batch dict -> ``model(image)`` -> ``{task: prediction}`` ->
 ``task.loss`` -> ``{task: loss}`` -> ``weighting.combine`` -> backward -> optimiser step.
 
 * **History**: per epoch, the mean unweighted training loss of every task, the task weights, the

@@ -65,6 +65,38 @@ FAULTS: dict[str, tuple[str, str]] = {
 }
 
 
+LONG_LINE = "model = create('mtan', tasks, " + ", ".join(f"option_{i}={i}" for i in range(40)) + ")"
+
+# Horizontal overflow, in the shapes Jupyter Book writes: a cell's input, a cell's output, a table in a
+# scrolling holder, and a code block folded in <details> (unfolded before measuring).
+OVERFLOWS: dict[str, tuple[str, str]] = {
+    "overflow_code.html": (
+        page(f'<div class="cell"><div class="cell_input"><div class="highlight"><pre>{LONG_LINE}</pre></div></div></div>'),
+        "horizontal overflow at 1280 px: code cell input",
+    ),
+    "overflow_output.html": (
+        page(
+            '<div class="cell"><div class="cell_output"><div class="output stream">'
+            f'<pre style="overflow: hidden">epoch 1: {"loss 0.123456 " * 40}</pre></div></div></div>'
+        ),
+        'horizontal overflow at 1280 px: cell output',
+    ),
+    "overflow_table.html": (
+        page(
+            '<div style="width: 400px; overflow-x: auto"><table><tr>'
+            + "".join(f'<td style="white-space: nowrap">column number {i}</td>' for i in range(12))
+            + "</tr></table></div>"
+        ),
+        'horizontal overflow at 1280 px: table',
+    ),
+    "overflow_folded.html": (
+        page(f"<details><summary>Show code</summary><pre>{LONG_LINE}</pre></details>"),
+        "horizontal overflow at 1280 px: code block",
+    ),
+}
+FAULTS.update(OVERFLOWS)
+
+
 def write_site(root: Path) -> None:
     """A clean two-page site (with an asset folder that must not count as pages)."""
     (root / "img").mkdir(parents=True)
@@ -80,14 +112,21 @@ def write_site(root: Path) -> None:
             '<a href="#top-title">self</a> <a href="https://example.org/elsewhere">external, not followed</a> '
             '<a href="mailto:someone@example.org">mail</a>'
             "<pre>code may show \\(TeX\\)</pre>"
+            # long lines that wrap, a narrow table and a hidden block do not overflow
+            f'<div class="cell"><div class="cell_input"><pre style="white-space: pre-wrap">{LONG_LINE}</pre></div>'
+            '<div class="cell_output"><div class="output"><pre>short output</pre></div></div></div>'
+            "<table><tr><td>a</td><td>b</td></tr></table>"
+            f'<pre style="display: none">{LONG_LINE}</pre>'
         )
     )
     (root / "sub" / "page.html").write_text(page('<h2 id="part">Part</h2><a href="../index.html">home</a>'))
     (root / "sub" / "index.html").write_text(page("<p>folder index</p>"))
 
 
-def run_main(html: Path, shots: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
-    code = check_book.main(["--html", str(html), "--screenshots", str(shots), "--timeout", "10"])
+def run_main(
+    html: Path, shots: Path, capsys: pytest.CaptureFixture[str], *extra: str
+) -> tuple[int, str]:
+    code = check_book.main(["--html", str(html), "--screenshots", str(shots), "--timeout", "10", *extra])
     return code, capsys.readouterr().out
 
 
@@ -114,6 +153,22 @@ def test_faults_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert any(reason in line for line in blocks[name][1]), f"{name}: expected {reason!r} in\n{out}"
     for clean in ("index.html", "sub/index.html", "sub/page.html"):
         assert blocks[clean] == ("OK", []), out
+    # an overflowing block is named by its first characters
+    assert any(LONG_LINE[:40] in line for line in blocks["overflow_code.html"][1]), out
+    assert f"{len(OVERFLOWS)} blocks overflow at 1280 px on {len(OVERFLOWS)} pages (--overflow fail)" in out
+
+
+def test_overflow_can_warn_or_be_off(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    html = tmp_path / "html"
+    write_site(html)
+    (html / "overflow_code.html").write_text(OVERFLOWS["overflow_code.html"][0])
+    code, out = run_main(html, tmp_path / "shots", capsys, "--overflow", "warn")
+    assert code == 0, out
+    assert "OK   overflow_code.html" in out
+    assert any(line.strip().startswith("! horizontal overflow at 1280 px: code cell input") for line in out.splitlines())
+    assert "check-book: 4 pages, 0 failed; 1 blocks overflow at 1280 px on 1 pages (--overflow warn)" in out
+    code, out = run_main(html, tmp_path / "shots", capsys, "--overflow", "off", "--width", "1600")
+    assert code == 0 and "overflow" not in out.replace("overflow_code.html", ""), out
 
 
 def test_missing_html_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""Dense-prediction metrics (papers.md §4): hand cases, brute force, batch independence, per-batch mode."""
+"""Dense-prediction metrics (chapter 2, eq-miou): hand cases, brute force, batch independence, per-batch mode."""
 import math
 
 import numpy as np

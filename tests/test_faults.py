@@ -204,3 +204,17 @@ def test_kept_models_load_with_their_hash_checked(grid_file, tmp_path):
         E.load_model(cfg, run.id, results)
     with pytest.raises(ValueError, match="no run"):
         E.load_model(cfg, "nope", results)
+
+
+def test_list_shows_runs_being_trained_as_busy(grid_file, tmp_path, capsys):
+    from mtlutils.experiments.cli import main
+
+    cfg = E.load_config(grid_file, "full")
+    run = E.grid(cfg)[0]
+    args = ["list", str(grid_file), "--profile", "full", "--results", str(tmp_path / "r"), "--checkpoints",
+            str(tmp_path / "c")]
+    main(args)
+    assert capsys.readouterr().out.split()[0] == "todo"
+    with exclusive(tmp_path / "c" / "faults" / f"{run.id}.lock"):
+        main(args)
+        assert capsys.readouterr().out.split()[0] == "busy"

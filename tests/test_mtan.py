@@ -1,4 +1,5 @@
-"""MTAN: the attention module, the wiring of papers.md §2.1, STAN, and the fast path against the per-task loop."""
+"""MTAN: the attention module, the wiring of the authors' code (book/authors_code.md), STAN, and the fast
+path against the per-task loop."""
 import copy
 
 import pytest
@@ -185,7 +186,7 @@ def test_fast_mtan_equals_the_per_task_loop_in_values_gradients_and_statistics(b
 
 
 # ---------------------------------------------------------------------------------------------------
-# the wiring of papers.md §2.1 (full width)
+# the wiring of the authors' code (book/authors_code.md, "MTAN's wiring"; full width)
 def test_segnet_mtan_wiring_as_the_reference_code():
     with torch.device("meta"):
         model = create("mtan", [seg_task(13), TASKS["depth"], TASKS["normal"]])

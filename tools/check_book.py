@@ -13,7 +13,15 @@ HTML page in Debian's Chromium through Playwright, and fails a page when:
    followed);
 4. the browser logs a console error, or a script throws an uncaught error;
 5. the page tries to reach anything other than the local server (such
-   requests are aborted and listed; ``data:`` and ``blob:`` URLs are fine).
+   requests are aborted and listed; ``data:`` and ``blob:`` URLs are fine);
+6. a block is wider than its box (horizontal overflow), measured with the
+   browser window ``--width`` pixels wide (default 1280): a code cell's input,
+   an output of a cell, any other code block, or a table whose content is
+   wider than the box that holds it by more than ``--overflow-tolerance``
+   pixels (default 2) is cut at the right edge or needs a scrollbar.  Folded
+   parts (hidden inputs, solution dropdowns) are unfolded before measuring.
+   Each such block is named by its first characters.  ``--overflow warn``
+   lists them without failing the page, ``--overflow off`` skips the check.
 
 A full-page screenshot of every page is saved to the screenshots folder as
 ``<path relative to the html folder, "/" replaced by "__", without .html>.png``.
@@ -22,6 +30,7 @@ Usage::
 
     python tools/check_book.py [--html _build/html] [--screenshots _build/screenshots]
                                [--timeout 30] [--jobs 4] [--chromium /usr/bin/chromium]
+                               [--overflow fail|warn|off] [--width 1280] [--overflow-tolerance 2]
 
 It needs the Python package ``playwright`` (its own browsers are not used, so
 no ``playwright install``) and Chromium (``apt-get install chromium``).
@@ -136,6 +145,62 @@ async (timeoutMs) => {
 """
 
 
+# Runs after the screenshot: unfolds what is folded, then measures every block
+# a reader may have to scroll sideways.  Blocks are taken outermost first (a
+# cell's input, each output of a cell, then code blocks and tables elsewhere);
+# one inside a block already taken is not reported again.  A block overflows
+# when it, or anything inside it, holds content wider than its own box
+# (scrollWidth > clientWidth; this holds for clipped, scrolling and spilling
+# boxes alike), or when a table is wider than the box that holds it.
+OVERFLOW_PROBE_JS = r"""
+(tolerance) => {
+  for (const el of document.querySelectorAll("details")) el.open = true;
+  for (const el of document.querySelectorAll(".toggle-hidden")) el.classList.remove("toggle-hidden");
+  const root = document.querySelector("article") || document.querySelector("main") || document.body;
+  const kinds = [
+    ["code cell input", ".cell_input"],
+    ["cell output", ".cell_output > *"],
+    ["code block", "pre"],
+    ["table", "table"],
+  ];
+  const taken = [];
+  const out = [];
+  // Inline boxes (typeset math above all: MathJax glyphs overhang their box by a few pixels) are not
+  // blocks a reader scrolls; their overflow shows up in the block that holds them.
+  const excess = (el) => {
+    if (el.clientWidth <= 0 || el.closest("mjx-container, .math")) return 0;
+    if (getComputedStyle(el).display.startsWith("inline")) return 0;
+    return el.scrollWidth - el.clientWidth;
+  };
+  for (const [kind, selector] of kinds) {
+    for (const block of root.querySelectorAll(selector)) {
+      if (taken.some((outer) => outer.contains(block))) continue;
+      taken.push(block);
+      if (!block.getClientRects().length) continue;  // not displayed
+      let worst = excess(block);
+      let box = block.clientWidth;
+      for (const inner of block.querySelectorAll("*")) {
+        const e = excess(inner);
+        if (e > worst) { worst = e; box = inner.clientWidth; }
+      }
+      if (kind === "table" && block.parentElement) {
+        const holder = block.parentElement;
+        const e = Math.max(excess(holder), block.offsetWidth - holder.clientWidth);
+        if (e > worst) { worst = e; box = holder.clientWidth; }
+      }
+      if (worst > tolerance) {
+        out.push({kind, excess: Math.round(worst), box: Math.round(box),
+                  text: (block.innerText || block.textContent || "").replace(/\s+/g, " ").trim().slice(0, 60)});
+      }
+    }
+  }
+  return out;
+}
+"""
+
+OVERFLOW_MODES = ("fail", "warn", "off")
+
+
 @dataclass
 class PageReport:
     """What went wrong on one page (nothing, if ``problems`` is empty)."""
@@ -143,6 +208,8 @@ class PageReport:
     page: str
     problems: list[str] = field(default_factory=list)
     note: str = ""
+    warnings: list[str] = field(default_factory=list)  # reported, but the page still passes
+    overflows: int = 0  # blocks wider than their box (failures or warnings, by --overflow)
 
     @property
     def ok(self) -> bool:
@@ -263,8 +330,15 @@ async def check_page(
     page: Path,
     screenshot: Path | None,
     timeout_s: float,
+    overflow: str = "fail",
+    viewport_width: int = 1280,
+    overflow_tolerance: float = 2.0,
 ) -> PageReport:
-    """Open one page in a fresh tab of ``context`` and judge it."""
+    """Open one page in a fresh tab of ``context`` and judge it.
+
+    ``overflow`` (``fail``, ``warn`` or ``off``) says what a block wider than its box is; the page is
+    measured as ``context`` shows it (``viewport_width`` only names that width in the messages).
+    """
     report = PageReport(page.as_posix())
     problems = report.problems
     origin = server.origin
@@ -334,6 +408,9 @@ async def check_page(
         if screenshot is not None:
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             await tab.screenshot(path=str(screenshot), full_page=True, timeout=timeout_ms)
+        if overflow != "off":
+            blocks = await tab.evaluate(OVERFLOW_PROBE_JS, overflow_tolerance)
+            _judge_overflow(blocks, report, overflow, viewport_width)
     except Exception as err:  # Playwright errors: timeouts, crashed page, ...
         problems.append(f"could not check page: {str(err).splitlines()[0]}")
     finally:
@@ -345,6 +422,16 @@ async def check_page(
 def _quote(text: str) -> str:
     """Quote page text for the report without doubling its backslashes (as repr would)."""
     return '"' + " ".join(text.split()) + '"'
+
+
+def _judge_overflow(blocks: list[dict[str, Any]], report: PageReport, mode: str, width: int) -> None:
+    report.overflows = len(blocks)
+    target = report.problems if mode == "fail" else report.warnings
+    for block in blocks:
+        target.append(
+            f"horizontal overflow at {width} px: {block['kind']} {block['excess']} px wider than its "
+            f"{block['box']} px box: {_quote(block['text'])}"
+        )
 
 
 def _judge_probe(probe: dict[str, Any], report: PageReport, links: LinkChecker, page_file: Path) -> None:
@@ -380,6 +467,9 @@ async def check_book(
     chromium: str = DEFAULT_CHROMIUM,
     jobs: int = 4,
     on_report: Callable[[PageReport], None] = lambda report: None,
+    overflow: str = "fail",
+    viewport_width: int = 1280,
+    overflow_tolerance: float = 2.0,
 ) -> list[PageReport]:
     """Check every page under ``html_dir``, ``jobs`` pages at a time.
 
@@ -400,11 +490,14 @@ async def check_book(
                 async with slots:
                     # A fresh context per page: no state (storage, cache) leaks between pages.
                     context = await browser.new_context(
-                        service_workers="block", viewport={"width": 1280, "height": 900}
+                        service_workers="block", viewport={"width": viewport_width, "height": 900}
                     )
                     try:
                         shot = screenshots_dir / screenshot_name(page) if screenshots_dir else None
-                        return await check_page(context, server, links, html_dir, page, shot, timeout_s)
+                        return await check_page(
+                            context, server, links, html_dir, page, shot, timeout_s,
+                            overflow, viewport_width, overflow_tolerance,
+                        )
                     finally:
                         await context.close()
 
@@ -427,6 +520,8 @@ def print_report(report: PageReport) -> None:
     print(f"{'OK  ' if report.ok else 'FAIL'} {report.page}{note}", flush=True)
     for problem in report.problems:
         print(f"       - {problem}", flush=True)
+    for warning in report.warnings:
+        print(f"       ! {warning}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -443,6 +538,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--jobs", type=int, default=4, help="pages checked at the same time (default: %(default)s)")
     parser.add_argument("--chromium", default=DEFAULT_CHROMIUM, help="Chromium executable (default: %(default)s)")
+    parser.add_argument(
+        "--overflow",
+        choices=OVERFLOW_MODES,
+        default="fail",
+        help="a code, output or table block wider than its box: fail the page, warn (list it, pass), or off "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--width", type=int, default=1280, help="browser window width in pixels, for every page (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--overflow-tolerance",
+        type=float,
+        default=2.0,
+        help="pixels a block may exceed its box before it counts as overflowing (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     if not args.html.is_dir():
@@ -461,10 +572,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     reports = asyncio.run(
-        check_book(args.html, args.screenshots, args.timeout, args.chromium, args.jobs, on_report=print_report)
+        check_book(
+            args.html, args.screenshots, args.timeout, args.chromium, args.jobs, on_report=print_report,
+            overflow=args.overflow, viewport_width=args.width, overflow_tolerance=args.overflow_tolerance,
+        )
     )
     failed = sum(not report.ok for report in reports)
-    print(f"check-book: {len(reports)} pages, {failed} failed")
+    summary = f"check-book: {len(reports)} pages, {failed} failed"
+    if args.overflow != "off":
+        blocks = sum(report.overflows for report in reports)
+        pages = sum(bool(report.overflows) for report in reports)
+        summary += (f"; {blocks} blocks overflow at {args.width} px on {pages} pages"
+                    f" (--overflow {args.overflow})")
+    print(summary)
     return 1 if failed else 0
 
 

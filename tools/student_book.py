@@ -4,6 +4,9 @@ Usage: python tools/student_book.py SRC_DIR   (called by `make book-student`; th
        python tools/student_book.py --check HTML_DIR   (fails if any solution text, marker or solution
                                                         directive is in the HTML)
 
+Pages for instructors only (``INSTRUCTOR_PAGES``: reference results, model answers, rubrics) are left out
+of the student edition: not copied, and removed from its table of contents.
+
 Why not only sphinx-exercise's ``hide_solutions``: with gated solutions ({solution-start} ...
 {solution-end} around code cells) sphinx-exercise 1.x drops the start marker but leaves the cells and
 an end node that the HTML writer cannot render (the build crashes). Building from the student
@@ -17,12 +20,26 @@ import re
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from mtlutils.assignments import generate, leftover_markers, solution_regions  # noqa: E402
+
+# Book pages (paths without suffix, as in _toc.yml) that only the instructors' edition has.
+INSTRUCTOR_PAGES = ("book/instructors",)
+
+
+def without_pages(toc: Any, pages: tuple[str, ...]) -> Any:
+    """A copy of a _toc.yml structure without the entries whose ``file`` is one of ``pages``."""
+    if isinstance(toc, list):
+        return [without_pages(item, pages) for item in toc
+                if not (isinstance(item, dict) and str(item.get("file", "")).removesuffix(".md") in pages)]
+    if isinstance(toc, dict):
+        return {key: without_pages(value, pages) for key, value in toc.items()}
+    return toc
 
 
 def make_source(target: Path) -> None:
@@ -31,7 +48,12 @@ def make_source(target: Path) -> None:
         shutil.rmtree(target)
     target.mkdir(parents=True)
     shutil.copytree(REPO / "book", target / "book")
-    shutil.copy(REPO / "_toc.yml", target / "_toc.yml")
+    for page in INSTRUCTOR_PAGES:
+        for path in (target / page).parent.glob(Path(page).name + ".*"):
+            path.unlink()
+    toc = yaml.safe_load((REPO / "_toc.yml").read_text(encoding="utf-8"))
+    (target / "_toc.yml").write_text(yaml.safe_dump(without_pages(toc, INSTRUCTOR_PAGES), sort_keys=False),
+                                     encoding="utf-8")
     (target / "data").mkdir()
     shutil.copy(REPO / "data" / "README.md", target / "data" / "README.md")  # included by book/datasets.md
     for folder in ("experiments", "results"):   # the reproduction chapter reads them (../experiments, ../results)
@@ -55,9 +77,10 @@ def page_text(page: str) -> str:
 
 def check_html(html_dir: Path) -> int:
     """Exit status 1 if a solution line of any chapter, or anything that looks like a solution marker or
-    directive, appears in the built student HTML."""
+    directive, or an instructors' page, appears in the built student HTML."""
     pages = {p.stem: page_text(p.read_text(encoding="utf-8")) for p in (html_dir / "notebooks").glob("*.html")}
-    leaks = []
+    leaks = [f"{page}: an instructors' page in the student edition" for page in INSTRUCTOR_PAGES
+             if (html_dir / f"{page}.html").exists()]
     for chapter in sorted((REPO / "notebooks").glob("*.ipynb")):
         page = pages.get(chapter.stem)
         if page is None:

@@ -10,6 +10,7 @@ from .. import distributed, paths
 from ..config import PROFILES
 from . import __doc__ as DOC
 from .config import ConfigError, grid, load_config, run_config
+from ..fileio import is_busy
 from .runner import aggregate, is_done, run_grid
 
 
@@ -20,14 +21,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "train the unfinished runs of a grid"),
                        ("aggregate", "write results/<name>/summary.csv"),
-                       ("list", "print the runs of a grid and whether they are done")):
+                       ("list", "print the runs of a grid: done, todo, or busy (being trained by a runner now)")):
         p = sub.add_parser(name, help=text)
         p.add_argument("configs", nargs="+", type=Path, help="experiment config files (TOML)")
         p.add_argument("--profile", choices=PROFILES, default=None, help="default: $MTL_PROFILE or 'full'")
         p.add_argument("--results", type=Path, default=None, help="results root (default: $MTL_RESULTS or results/)")
+        if name in ("run", "list"):
+            p.add_argument("--checkpoints", type=Path, default=None, help="default: $MTL_CHECKPOINTS or checkpoints/")
         if name == "run":
             p.add_argument("--only", default=None, help="glob over run ids, e.g. '*__mtan__*'")
-            p.add_argument("--checkpoints", type=Path, default=None, help="default: $MTL_CHECKPOINTS or checkpoints/")
             p.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -41,9 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 aggregate(cfg, args.results)
             else:
                 root = (args.results or paths.results_root()) / cfg["name"] / "runs"
+                locks = (args.checkpoints or paths.checkpoints_root()) / cfg["name"]
                 for run in grid(cfg):
                     done = is_done(root / f"{run.id}.json", run_config(cfg, run))
-                    print(f"{'done' if done else 'todo'}  {run.id}")
+                    state = "done" if done else ("busy" if is_busy(locks / f"{run.id}.lock") else "todo")
+                    print(f"{state}  {run.id}")
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

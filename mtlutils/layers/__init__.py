@@ -1,4 +1,4 @@
-"""The papers' building blocks as reusable layers (design.md §3).
+"""The papers' building blocks as reusable layers.
 
 Each chapter derives its block from the equations and builds it from scratch, then switches to the version
 kept here: the cross-stitch unit (Misra et al. 2016), the MTAN attention module (Liu et al. 2019) and the

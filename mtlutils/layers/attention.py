@@ -1,4 +1,5 @@
-"""The soft attention module of MTAN (Liu, Johns, Davison, CVPR 2019, §3.2; papers.md §2).
+"""The soft attention module of MTAN (Liu, Johns, Davison, CVPR 2019, §3.2; chapter 4,
+eq-mtan-attend and eq-mtan-mask).
 
 Task ``i`` selects features from the shared network's block ``j`` with a mask of the same shape:
 

@@ -3,8 +3,10 @@
 
 Architectures (:data:`ARCHS`) are separate from backbones (:data:`BACKBONES`): the small VGG-style
 backbone for image-level tasks (``backbone="vgg"``) and SegNet for dense tasks (``backbone="segnet"``),
-chosen from the task kinds by default. ``python -m mtlutils.models --params`` prints the parameter table
-of the MTAN paper's #P column.
+chosen from the task kinds by default. What a backbone's trunk must provide, and the optional
+capabilities some architectures need, is written in :mod:`mtlutils.models.contract`; the layers both
+backbones are made of are in :mod:`mtlutils.models.blocks`. ``python -m mtlutils.models --params``
+prints the parameter table of the MTAN paper's #P column.
 """
 from __future__ import annotations
 
@@ -14,14 +16,16 @@ from typing import Any, Callable, Iterable, Mapping
 from torch import nn
 
 from ..tasks import Task, as_task_dict
+from .blocks import check_width
+from .contract import Trunk
 from .cross_stitch import CrossStitchNetwork
 from .multitask import DenseNetwork, HardSharedNetwork, MultiTaskModel, SingleTaskNetworks
 from .mtan import MTAN, STAN
 from .segnet import DenseHead, SegNetTrunk
 from .sfg import SFGNetwork
-from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk, check_width
+from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
 
-__all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel"]
+__all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel", "Trunk"]
 
 
 def _vgg_parts(in_channels: int = 1, width: float = 1.0, stages=None, pool=(2, 2), hidden: int = 64,
@@ -47,7 +51,7 @@ BACKBONES: dict[str, Callable[..., tuple[Callable[..., nn.Module], Callable[[int
     "segnet": _segnet_parts,
 }
 
-# architecture name -> (model class taking (tasks, make_trunk, make_head), backbone options it implies)
+# architecture name -> (model class taking (tasks, make_trunk, make_head, **OPTIONS), backbone options it implies)
 ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "single": (SingleTaskNetworks, {}),           # one network per task (One Task)
     "split": (HardSharedNetwork, {}),             # hard sharing: shared trunk, task heads

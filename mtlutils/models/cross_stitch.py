@@ -19,7 +19,8 @@ from torch import nn
 
 from ..layers.cross_stitch import CrossStitch
 from ..tasks import Task
-from .multitask import HeadFactory, MultiTaskModel, SingleTaskNetworks, TrunkFactory
+from .contract import HeadFactory, StitchableHead, StitchableTrunk, TrunkFactory, require
+from .multitask import MultiTaskModel, SingleTaskNetworks
 
 
 def _finish(run, value: torch.Tensor) -> torch.Tensor:
@@ -65,18 +66,15 @@ class CrossStitchNetwork(MultiTaskModel):
             raise ValueError(f"alpha_init must be (alpha_same, alpha_diff), got {alpha_init!r}")
         trunks = {name: make_trunk() for name in tasks}
         first = next(iter(trunks.values()))
-        if not hasattr(first, "run_stitched"):
-            raise ValueError(f"the backbone's trunk {type(first).__name__} has no stitch points (run_stitched)")
-        super().__init__(tasks, first.in_channels, first.min_size)
-        self.size_multiple = getattr(first, "size_multiple", 1)
+        require(first, StitchableTrunk, "cross_stitch", "stitch points (run_stitched)", "backbone='vgg' or 'segnet'")
+        super().__init__(tasks, first)
         self.trunks = nn.ModuleDict(trunks)
-        self.heads = nn.ModuleDict({name: make_head(trunks[name].out_features, task)
-                                    for name, task in tasks.items()})
+        self.heads = self.task_heads(make_head, {name: trunk.out_features for name, trunk in trunks.items()})
         points = first.stitch_points(stitch)
-        hidden = getattr(next(iter(self.heads.values())), "hidden_features", None)
-        self.stitch_head = stitch == "stage" and hidden is not None  # the paper's fc6/fc7 units
+        head = next(iter(self.heads.values()))
+        self.stitch_head = stitch == "stage" and isinstance(head, StitchableHead)  # the paper's fc6/fc7 units
         if self.stitch_head:
-            points = points + [("fc", hidden)]
+            points = points + [("fc", head.hidden_features)]
         self.stitch, self.granularity = stitch, granularity
         self.alpha_init, self.alpha_lr_mult = (float(alpha_init[0]), float(alpha_init[1])), float(alpha_lr_mult)
         self.point_names = [name for name, _ in points]

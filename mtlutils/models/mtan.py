@@ -1,16 +1,23 @@
 """MTAN, the Multi-Task Attention Network (Liu, Johns, Davison, CVPR 2019), and STAN.
 
-One shared network (the global feature pool: a SegNet or the small VGG trunk) and, per task, a chain
+One shared network (the global feature pool: any trunk with stages,
+:class:`~mtlutils.models.contract.StagedTrunk`, i.e. SegNet or the small VGG trunk) and, per task, a chain
 of soft attention modules (:class:`~mtlutils.layers.AttentionModule`) that select features from every
-block of it (papers.md §2, wired as the authors' SegNet code, §2.1):
+block of it (Liu et al. 2019, §3; chapter 4, eq-mtan-attend and eq-mtan-mask; wired as in the authors'
+SegNet code, book appendix "Reading the authors' code"):
 
 * **encoder block j**: the mask of task i reads ``[u^(j); f^(j)(â_i^(j-1))]`` (only ``u^(1)`` at the
   first block), ``u`` being the block's first conv output; it multiplies the block's last conv output
   ``p^(j)``; the shared 3x3 unit ``f`` (conv–BN–ReLU, to the next block's width) and a 2x2 max pool
   carry the attended feature to the next block;
-* **decoder block k** (SegNet only): bilinear x2 up-sampling, then ``f``, then the mask from
+* **decoder block k** (trunks with a decoder, SegNet): bilinear x2 up-sampling, then ``f``, then the mask from
   ``[unpooled shared block input; f output]`` multiplies the shared block's output;
-* **heads** read the last attended feature (VGG: after the trunk's own pooling).
+* **heads** read the last attended feature, passed through the layers that follow the trunk's last
+  stage (``trunk.finish``: VGG's pooling; nothing for SegNet).
+
+The shared network runs its own forward once per batch (``trunk.run_stages``: SegNet's pooling with
+indices and unpooling included) and hands over the taps ``u``, ``p`` of every stage; new modules are
+initialised as the trunk's own (``trunk.initialise``: Xavier-normal for SegNet, PyTorch's default for VGG).
 
 The ``f`` units are shared by the tasks but run on each task's path. The reference code runs every
 task's path separately (:func:`reference_features`, kept for tests and teaching); :class:`MTAN` runs
@@ -31,28 +38,11 @@ from torch import nn
 
 from ..layers.attention import AttentionModule, shared_unit_per_task, stacked_masks
 from ..tasks import Task
-from .multitask import HeadFactory, MultiTaskModel, TrunkFactory
-from .segnet import SegNetTrunk, xavier_init
-from .vgg import VGGTrunk, conv_unit
+from .blocks import conv_unit, stage_channels
+from .contract import HeadFactory, StagedTrunk, TrunkFactory, require
+from .multitask import MultiTaskModel
 
 Features = dict[str, torch.Tensor]
-
-
-def _encoder_stages(trunk: nn.Module) -> list[nn.Sequential]:
-    if isinstance(trunk, SegNetTrunk):
-        return list(trunk.encoder)
-    if isinstance(trunk, VGGTrunk):
-        return trunk.stages()
-    raise ValueError(f"MTAN needs a SegNet or VGG trunk (backbone='segnet' or 'vgg'), got {type(trunk).__name__}")
-
-
-def _run_stage(stage: nn.Sequential, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A block's first conv unit output ``u`` and last conv unit output ``p``."""
-    u = stage[0](x)
-    p = u
-    for unit in list(stage)[1:]:
-        p = unit(p)
-    return u, p
 
 
 def _up2(x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +50,7 @@ def _up2(x: torch.Tensor) -> torch.Tensor:
 
 
 class MTAN(MultiTaskModel):
-    """Shared network + one attention network per task (papers.md §2, §2.1).
+    """Shared network + one attention network per task (Liu et al. 2019, §3; chapter 4).
 
     Attributes: ``shared`` (the trunk), ``encoder_attention[j][task]`` / ``decoder_attention[k][task]``
     (:class:`AttentionModule`), ``encoder_f[j]`` / ``decoder_f[k]`` (the shared 3x3 units), ``heads``.
@@ -70,15 +60,14 @@ class MTAN(MultiTaskModel):
 
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
         trunk = make_trunk()
-        super().__init__(tasks, trunk.in_channels, trunk.min_size)
-        self.size_multiple = getattr(trunk, "size_multiple", 1)
+        require(trunk, StagedTrunk, "mtan", "stages to attend to", "backbone='segnet' or 'vgg'")
+        super().__init__(tasks, trunk)
         self.shared = trunk
         self.fast = True
         names = list(tasks)
-        stages = _encoder_stages(trunk)
-        self._stages = stages  # plain list: the modules are registered in the trunk
-        self.has_decoder = isinstance(trunk, SegNetTrunk)
-        width = [stage[-1][0].out_channels for stage in stages]
+        decoder = trunk.decoder_stages()
+        self.has_decoder = bool(decoder)
+        width = [stage_channels(stage)[1] for stage in trunk.encoder_stages()]
 
         def modules(c_in: int, c_out: int) -> nn.ModuleDict:
             return nn.ModuleDict({name: AttentionModule(c_in, c_out) for name in names})
@@ -88,51 +77,24 @@ class MTAN(MultiTaskModel):
         f_out = width[1:] + ([width[-1]] if self.has_decoder else [])
         self.encoder_f = nn.ModuleList([conv_unit(c_in, c_out) for c_in, c_out in zip(width, f_out)])
         self.decoder_attention, self.decoder_f = nn.ModuleList(), nn.ModuleList()
-        if self.has_decoder:
-            for stage in trunk.decoder:  # deepest first
-                c_in, c_out = stage[0][0].in_channels, stage[-1][0].out_channels
-                self.decoder_f.append(conv_unit(c_in, c_out))
-                self.decoder_attention.append(modules(c_in + c_out, c_out))
-            xavier_init(self.encoder_attention)
-            xavier_init(self.encoder_f)
-            xavier_init(self.decoder_attention)
-            xavier_init(self.decoder_f)
-        self.heads = nn.ModuleDict({name: make_head(trunk.out_features, task) for name, task in tasks.items()})
+        for stage in decoder:  # deepest first
+            c_in, c_out = stage_channels(stage)
+            self.decoder_f.append(conv_unit(c_in, c_out))
+            self.decoder_attention.append(modules(c_in + c_out, c_out))
+        for part in (self.encoder_attention, self.encoder_f, self.decoder_attention, self.decoder_f):
+            trunk.initialise(part)
+        self.heads = self.task_heads(make_head, trunk.out_features)
 
     def shared_modules(self) -> list[nn.Module]:
-        """The shared SegNet/VGG trunk and the shared 3x3 units of the attention path (the attention
+        """The shared trunk and the shared 3x3 units of the attention path (the attention
         modules and heads are task-specific)."""
         return [self.shared, self.encoder_f, self.decoder_f]
-
-    # -- the shared network ------------------------------------------------------------------------
-    def _shared_features(self, x: torch.Tensor) -> tuple[list[tuple[torch.Tensor, torch.Tensor]],
-                                                          list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Per encoder block ``(u, p)``; per decoder block ``(unpooled input, output)``."""
-        encoder, indices = [], []
-        for stage in self._stages:
-            u, p = _run_stage(stage, x)
-            encoder.append((u, p))
-            if self.has_decoder:
-                x, idx = self.shared.pool(p)
-                indices.append(idx)
-            else:
-                x = F.max_pool2d(p, 2, 2)
-        decoder = []
-        if self.has_decoder:
-            for stage, idx in zip(self.shared.decoder, reversed(indices)):
-                up = self.shared.unpool(x, idx)
-                x = stage(up)
-                decoder.append((up, x))
-        return encoder, decoder
-
-    def _vgg_output(self, attended: torch.Tensor) -> torch.Tensor:
-        """The trunk's own ending (max pool, adaptive average pool, flatten) on an attended feature."""
-        return self.shared.pool(F.max_pool2d(attended, 2, 2)).flatten(1)
 
     # -- the attention networks, all tasks at once ---------------------------------------------------
     def _fast_features(self, x: torch.Tensor, masks: dict[str, list[torch.Tensor]] | None) -> Features:
         names = list(self.tasks)
-        encoder, decoder = self._shared_features(x)
+        trace = self.shared.run_stages(x)
+        encoder, decoder = trace.encoder, trace.decoder
         prev = None
         for j, (u, p) in enumerate(encoder):
             mask = stacked_masks(list(self.encoder_attention[j].values()), u, prev)
@@ -151,9 +113,7 @@ class MTAN(MultiTaskModel):
                 for t, name in enumerate(names):
                     masks[name].append(mask[:, t])
         per_task = attended.unbind(1)  # its backward stacks the task gradients once
-        if self.has_decoder:
-            return dict(zip(names, per_task))
-        return {name: self._vgg_output(a) for name, a in zip(names, per_task)}
+        return {name: self.shared.finish(a) for name, a in zip(names, per_task)}
 
     def features(self, x: torch.Tensor, masks: dict[str, list[torch.Tensor]] | None = None) -> Features:
         """Each task's last attended feature (the input of its head). With ``masks={}``, the masks of
@@ -190,7 +150,8 @@ def reference_features(model: MTAN, x: torch.Tensor, masks: dict[str, list[torch
                        ) -> Features:
     """MTAN's attention networks as the reference code runs them: one task after the other, every module
     and every shared ``f`` called separately for each task. The same function as ``MTAN(fast=True)``."""
-    encoder, decoder = model._shared_features(x)
+    trace = model.shared.run_stages(x)
+    encoder, decoder = trace.encoder, trace.decoder
     out: Features = {}
     for name in model.tasks:
         prev = None
@@ -208,7 +169,7 @@ def reference_features(model: MTAN, x: torch.Tensor, masks: dict[str, list[torch
             attended = prev = mask * shared_out
             if masks is not None:
                 masks[name].append(mask)
-        out[name] = attended if model.has_decoder else model._vgg_output(attended)
+        out[name] = model.shared.finish(attended)
     return out
 
 
@@ -217,9 +178,7 @@ class STAN(MultiTaskModel):
 
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
         nets = {name: MTAN({name: task}, make_trunk, make_head) for name, task in tasks.items()}
-        first = next(iter(nets.values()))
-        super().__init__(tasks, first.in_channels, first.min_size)
-        self.size_multiple = first.size_multiple
+        super().__init__(tasks, next(iter(nets.values())))
         self.nets = nn.ModuleDict(nets)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -4,18 +4,25 @@
   network per task, nothing shared; forward returns every task's prediction.
 * :class:`HardSharedNetwork` ("split", hard parameter sharing): one trunk shared by all tasks and one
   head per task.
+* :class:`DenseNetwork` ("dense"): a shared network plus one task network per task reading its stage inputs.
+
+Every architecture is a :class:`MultiTaskModel` built as ``Model(tasks, make_trunk, make_head, **options)``
+from a backbone's factories; it starts with ``super().__init__(tasks, trunk)``, which takes the input
+contract (:class:`~mtlutils.models.contract.InputSpec`) from the trunk, and builds its heads with
+:meth:`MultiTaskModel.task_heads`. What a trunk provides is written down in :mod:`mtlutils.models.contract`.
 """
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 
 import torch
 from torch import nn
 
 from ..tasks import Task
+from .contract import HeadFactory, InputSpec, SideInputTrunk, TrunkFactory, require
 
-TrunkFactory = Callable[[], nn.Module]
-HeadFactory = Callable[[int, Task], nn.Module]
+__all__ = ["MultiTaskModel", "SingleTaskNetworks", "HardSharedNetwork", "DenseNetwork", "TrunkFactory",
+           "HeadFactory"]
 
 
 class _Latest:
@@ -32,14 +39,29 @@ class _Latest:
 
 
 class MultiTaskModel(nn.Module):
-    """Base class: checks the input and returns ``{task name: prediction}``."""
+    """Base class: checks the input and returns ``{task name: prediction}``.
 
-    def __init__(self, tasks: Mapping[str, Task], in_channels: int, min_size: int) -> None:
+    Args:
+        tasks: ``{name: Task}``, in the order of the model's heads and outputs.
+        trunk: the network whose input the model takes (its trunk, or for models made of several networks
+            one of them): ``in_channels``, ``min_size`` and ``size_multiple`` are copied from it.
+
+    Subclasses build their trunk(s) *before* calling ``super().__init__`` and register modules after it,
+    in the order that fixes their parameters' initialisation and ``state_dict`` keys.
+    """
+
+    def __init__(self, tasks: Mapping[str, Task], trunk: InputSpec) -> None:
         super().__init__()
         self.tasks = dict(tasks)
-        self.in_channels = in_channels
-        self.min_size = min_size
-        self.size_multiple = 1
+        self.in_channels = trunk.in_channels
+        self.min_size = trunk.min_size
+        self.size_multiple = trunk.size_multiple
+
+    def task_heads(self, make_head: HeadFactory, features: "int | Mapping[str, int]") -> nn.ModuleDict:
+        """One head per task, in task order: ``make_head(features, task)``; ``features`` is the width the
+        heads read, or ``{task: width}`` when every task has its own trunk."""
+        return nn.ModuleDict({name: make_head(features if isinstance(features, int) else features[name], task)
+                              for name, task in self.tasks.items()})
 
     # -- what gradient-level weightings need (mtlutils.weighting.base) -----------------------------------
     def shared_modules(self) -> list[nn.Module]:
@@ -83,12 +105,9 @@ class SingleTaskNetworks(MultiTaskModel):
 
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
         trunks = {name: make_trunk() for name in tasks}
-        first = next(iter(trunks.values()))
-        super().__init__(tasks, first.in_channels, first.min_size)
-        self.size_multiple = getattr(first, "size_multiple", 1)
+        super().__init__(tasks, next(iter(trunks.values())))
         self.trunks = nn.ModuleDict(trunks)
-        self.heads = nn.ModuleDict({name: make_head(trunks[name].out_features, task)
-                                    for name, task in tasks.items()})
+        self.heads = self.task_heads(make_head, {name: trunk.out_features for name, trunk in trunks.items()})
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)
@@ -100,10 +119,9 @@ class HardSharedNetwork(MultiTaskModel):
 
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
         trunk = make_trunk()
-        super().__init__(tasks, trunk.in_channels, trunk.min_size)
-        self.size_multiple = getattr(trunk, "size_multiple", 1)
+        super().__init__(tasks, trunk)
         self.trunk = trunk
-        self.heads = nn.ModuleDict({name: make_head(trunk.out_features, task) for name, task in tasks.items()})
+        self.heads = self.task_heads(make_head, trunk.out_features)
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.trunk]
@@ -119,20 +137,17 @@ class DenseNetwork(MultiTaskModel):
     """Dense baseline of the MTAN tables: a shared network plus one network per task whose stages read
     ``[task features ; shared features]`` (the shared network's input to the same stage), no attention.
 
-    Needs a trunk with side inputs (the SegNet backbone).
+    Needs a trunk with side inputs (:class:`~mtlutils.models.contract.SideInputTrunk`: the SegNet backbone).
     """
 
     def __init__(self, tasks: Mapping[str, Task], make_trunk: TrunkFactory, make_head: HeadFactory) -> None:
         shared = make_trunk()
-        if not hasattr(shared, "stage_inputs"):
-            raise ValueError("the dense architecture needs a backbone with side inputs (backbone='segnet')")
-        super().__init__(tasks, shared.in_channels, shared.min_size)
-        self.size_multiple = getattr(shared, "size_multiple", 1)
+        require(shared, SideInputTrunk, "dense", "side inputs", "backbone='segnet'")
+        super().__init__(tasks, shared)
         self.shared = shared
         side = shared.side_channel_sizes()
         self.trunks = nn.ModuleDict({name: make_trunk(side_channels=side) for name in tasks})
-        self.heads = nn.ModuleDict({name: make_head(self.trunks[name].out_features, task)
-                                    for name, task in tasks.items()})
+        self.heads = self.task_heads(make_head, {name: trunk.out_features for name, trunk in self.trunks.items()})
 
     def shared_modules(self) -> list[nn.Module]:
         return [self.shared]

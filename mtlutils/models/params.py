@@ -1,5 +1,5 @@
 """The parameter table: every architecture's size relative to one single-task SegNet, beside the
-MTAN paper's #P column (papers.md §2, tables for NYUv2 and CityScapes).
+MTAN paper's #P column (Liu et al. 2019, the NYUv2 and CityScapes result tables; chapter 4).
 
 Models are built on PyTorch's ``meta`` device, so counting the ~100M parameters of the largest ones
 allocates no memory and takes well under a second.

@@ -21,7 +21,10 @@ import torch
 from torch import nn
 
 from ..tasks import Task
-from .vgg import Stitched, check_placement, conv_unit, run_units, scaled
+from .blocks import Stitched, conv_unit, first_and_last, run_units, scaled, xavier_init
+from .contract import StagePass, check_placement
+
+__all__ = ["WIDTHS", "ENCODER_UNITS", "DECODER_UNITS", "SegNetTrunk", "DenseHead", "xavier_init"]
 
 # With deterministic algorithms requested, PyTorch warns that max unpooling has no deterministic kernel.
 # The indices come from non-overlapping 2x2 max pooling, so they are unique: the scatter has no write
@@ -44,15 +47,6 @@ def _stage(c_in: int, c_out: int, units: int, deep: bool, narrow_last: bool = Fa
         if deep:
             layers.append(conv_unit(b, b))
     return nn.Sequential(*layers)
-
-
-def xavier_init(module: nn.Module) -> None:
-    """Xavier-normal weights and zero biases for every conv/linear layer (as the reference code)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.Linear)):
-            nn.init.xavier_normal_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
 
 
 class SegNetTrunk(nn.Module):
@@ -90,32 +84,39 @@ class SegNetTrunk(nn.Module):
         self.out_features = w[0]
         xavier_init(self)
 
-    def _run(self, x: torch.Tensor, side: Sequence[torch.Tensor] | None, record: bool
-             ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        taps: list[torch.Tensor] = []
+    def _run(self, x: torch.Tensor, side: Sequence[torch.Tensor] | None = None, record: bool = False
+             ) -> StagePass:
+        """The encoder-decoder pass: every encoder stage then its 2x2 max pooling (indices kept), every
+        decoder stage after max unpooling with the indices of the mirrored encoder stage. ``side[k]`` is
+        concatenated to the input of the ``k``-th stage after the first; ``record`` keeps every stage's
+        taps in the returned :class:`StagePass` (else only ``output``)."""
+        trace = StagePass()
         indices = []
-        k = 0
         for s, stage in enumerate(self.encoder):
             if s > 0:
                 if record:
-                    taps.append(x)
+                    trace.inputs.append(x)
                 if side is not None:
-                    x = torch.cat([x, side[k]], dim=1)
-                k += 1
-            x, idx = self.pool(stage(x))
-            indices.append(idx)
-        for stage, idx in zip(self.decoder, reversed(indices)):
-            x = self.unpool(x, idx)
+                    x = torch.cat([x, side[s - 1]], dim=1)
             if record:
-                taps.append(x)
-            if side is not None:
-                x = torch.cat([x, side[k]], dim=1)
-            k += 1
+                u, p = first_and_last(stage, x)
+                trace.encoder.append((u, p))
+            else:
+                p = stage(x)
+            x, idx = self.pool(p)
+            indices.append(idx)
+        for k, (stage, idx) in enumerate(zip(self.decoder, reversed(indices))):
+            up = self.unpool(x, idx)
+            x = up if side is None else torch.cat([up, side[len(self.encoder) - 1 + k]], dim=1)
             x = stage(x)
-        return x, taps
+            if record:
+                trace.inputs.append(up)
+                trace.decoder.append((up, x))
+        trace.output = x
+        return trace
 
     def forward(self, x: torch.Tensor, side: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        return self._run(x, side, record=False)[0]
+        return self._run(x, side).output
 
     def stitch_points(self, every: str = "stage") -> list[tuple[str, int]]:
         """``(name, channels)`` of every point where :meth:`run_stitched` yields, in order: encoder
@@ -161,14 +162,37 @@ class SegNetTrunk(nn.Module):
         deepest = len(self.encoder) - 1
         return [(last(self.encoder[deepest - k]), last(self.decoder[k - 1])) for k in range(1, len(self.decoder))]
 
+    # -- SideInputTrunk (mtlutils.models.contract): the task networks of Dense read these ----------------
     def stage_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features and the inputs of the 9 stages that can take side inputs."""
-        return self._run(x, None, record=True)
+        trace = self._run(x, record=True)
+        return trace.output, trace.inputs
 
     def side_channel_sizes(self) -> list[int]:
         """Channels of the 9 stage inputs returned by :meth:`stage_inputs`."""
         w = self.widths
         return [w[s - 1] for s in range(1, len(w))] + [w[s] for s in range(len(w) - 1, -1, -1)]
+
+    # -- StagedTrunk (mtlutils.models.contract): what MTAN attaches its attention networks to ---------------
+    def encoder_stages(self) -> list[nn.Sequential]:
+        """The conv units of the 5 encoder stages."""
+        return list(self.encoder)
+
+    def decoder_stages(self) -> list[nn.Sequential]:
+        """The conv units of the 5 decoder stages, deepest first."""
+        return list(self.decoder)
+
+    def run_stages(self, x: torch.Tensor) -> StagePass:
+        """:meth:`forward` (pooling with indices, unpooling with them), recording every stage."""
+        return self._run(x, record=True)
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """Nothing follows the last decoder stage: ``x`` itself."""
+        return x
+
+    def initialise(self, module: nn.Module) -> None:
+        """Xavier-normal weights, zero biases (:func:`~mtlutils.models.blocks.xavier_init`), as this trunk."""
+        xavier_init(module)
 
 
 class DenseHead(nn.Module):

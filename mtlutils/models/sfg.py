@@ -54,8 +54,9 @@ from torch import nn
 
 from ..layers.filter_groups import FilterGroupConv, group_entropy, log_probs, shared_index
 from ..layers.gumbel import gumbel_softmax
-from ..tasks import Task
-from .multitask import HeadFactory, MultiTaskModel, TrunkFactory
+from ..tasks import KINDS, Task
+from .contract import HeadFactory, TiedUnpoolingTrunk, TrunkFactory
+from .multitask import MultiTaskModel
 
 __all__ = ["SFGNetwork", "RoutedConv", "INFERENCE_MODES", "recalibrate_batch_norm", "batch_statistics"]
 
@@ -178,10 +179,9 @@ class SFGNetwork(MultiTaskModel):
                  fixed: "Sequence | None" = None, impl: str = "fast", entropy_weight: float = 0.0,
                  group_lr: float = 1.0, inference: str = "argmax", passes: int = 10) -> None:
         trunk = make_trunk()
-        super().__init__(tasks, trunk.in_channels, trunk.min_size)
-        self.size_multiple = getattr(trunk, "size_multiple", 1)
+        super().__init__(tasks, trunk)
         self.trunk = trunk
-        self.heads = nn.ModuleDict({name: make_head(trunk.out_features, task) for name, task in tasks.items()})
+        self.heads = self.task_heads(make_head, trunk.out_features)
         if not (math.isfinite(temperature) and temperature > 0 and min_temperature > 0 and anneal_rate >= 0):
             raise ValueError(f"need temperature > 0, min_temperature > 0, anneal_rate >= 0; got {temperature}, "
                              f"{min_temperature}, {anneal_rate}")
@@ -196,7 +196,7 @@ class SFGNetwork(MultiTaskModel):
         self._route = _Route()
         convs = [m for m in trunk.modules() if isinstance(m, nn.Conv2d)]
         index = {id(conv): i for i, conv in enumerate(convs)}
-        ties = trunk.unpooling_ties() if hasattr(trunk, "unpooling_ties") else []
+        ties = trunk.unpooling_ties() if isinstance(trunk, TiedUnpoolingTrunk) else []
         self.ties: list[tuple[int, int]] = [(index[id(a)], index[id(b)]) for a, b in ties]
         per_layer = self._per_layer(fixed, len(convs))
         made = iter(per_layer)
@@ -399,16 +399,15 @@ class SFGNetwork(MultiTaskModel):
             return self._aggregate([self._forward_once(x) for _ in range(self.passes)])
 
     def _aggregate(self, runs: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Mean for regression/depth (normalised for normals), mode for classes (log vote frequencies)."""
+        """Mode for label kinds (log vote frequencies); for the others the mean, through the task's
+        activation again (unit normals stay unit length; identity for regression and depth)."""
         out = {}
         for name, task in self.tasks.items():
             preds = torch.stack([run[name] for run in runs])
-            if task.kind in ("class", "seg"):
+            if KINDS[task.kind].labels:
                 votes = F.one_hot(preds.argmax(dim=2), task.out_channels).to(preds.dtype).mean(dim=0)
                 votes = votes.movedim(-1, 1)               # classes back to dim 1
                 out[name] = votes.clamp_min(1e-6).log()
-            elif task.kind == "normal":
-                out[name] = F.normalize(preds.mean(dim=0), p=2, dim=1)
             else:
-                out[name] = preds.mean(dim=0)
+                out[name] = task.activate(preds.mean(dim=0))
         return out

@@ -6,57 +6,19 @@ average pool to a fixed ``pool`` grid, so the trunk accepts any input size and (
 """
 from __future__ import annotations
 
-import math
-from typing import Generator, Sequence
+from typing import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..tasks import Task
+from .blocks import Stitched, check_width, conv_unit, first_and_last, run_units, scaled  # noqa: F401 (re-exported)
+from .contract import STITCH_PLACEMENTS, StagePass, check_placement  # noqa: F401 (re-exported)
+
+__all__ = ["DEFAULT_STAGES", "VGGTrunk", "MLPHead"]
 
 DEFAULT_STAGES: tuple[tuple[int, int], ...] = ((16, 1), (32, 1), (64, 2))  # (channels, convs) per stage
-
-
-# where soft-sharing models (cross-stitch) may exchange features between networks of one backbone:
-# "stage" = after every pooling stage (the paper's placement), "conv" = after every conv unit
-STITCH_PLACEMENTS = ("stage", "conv")
-Stitched = Generator[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def check_placement(every: str) -> None:
-    if every not in STITCH_PLACEMENTS:
-        raise ValueError(f"unknown stitch placement {every!r}; valid choices: {list(STITCH_PLACEMENTS)}")
-
-
-def run_units(units: nn.Sequential, x: torch.Tensor, stitch_each: bool) -> Stitched:
-    """Run conv units in order; with ``stitch_each`` yield after every unit and go on with what is sent back."""
-    for unit in units:
-        x = unit(x)
-        if stitch_each:
-            x = yield x
-    return x
-
-
-def check_width(width: float) -> float:
-    """``width`` as a float; ``ValueError`` unless it is a finite number > 0."""
-    try:
-        value = float(width)
-    except (TypeError, ValueError):
-        value = math.nan
-    if isinstance(width, bool) or not (math.isfinite(value) and value > 0):
-        raise ValueError(f"width (the channel multiplier, e.g. 1.0 for the full network, 0.5 for half as many "
-                         f"channels) must be a finite number > 0, got {width!r}")
-    return value
-
-
-def scaled(channels: int, width: float) -> int:
-    """Channels after a width multiplier ``width > 0`` (at least 1)."""
-    return max(1, int(round(channels * check_width(width))))
-
-
-def conv_unit(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv (padding 1) + batch norm + ReLU."""
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
 class VGGTrunk(nn.Module):
@@ -75,7 +37,7 @@ class VGGTrunk(nn.Module):
         if not stages:
             raise ValueError("VGGTrunk needs at least one stage")
         self.in_channels = in_channels
-        self.min_size = 2 ** len(stages)
+        self.min_size, self.size_multiple = 2 ** len(stages), 1
         layers: list[nn.Module] = []
         c_in = in_channels
         for channels, n_convs in stages:
@@ -120,7 +82,8 @@ class VGGTrunk(nn.Module):
                 x = yield x
         return self.pool(x).flatten(1)
 
-    def stages(self) -> list[nn.Sequential]:
+    # -- StagedTrunk (mtlutils.models.contract): what MTAN attaches its attention networks to ---------------
+    def encoder_stages(self) -> list[nn.Sequential]:
         """The conv units of every stage (the layers between two poolings), sharing ``features``' modules."""
         stages, units = [], []
         for layer in self.features:
@@ -130,6 +93,30 @@ class VGGTrunk(nn.Module):
             else:
                 units.append(layer)
         return stages
+
+    def decoder_stages(self) -> list[nn.Sequential]:
+        """No decoder: ``[]``."""
+        return []
+
+    def run_stages(self, x: torch.Tensor) -> StagePass:
+        """:meth:`forward`, recording every stage's first and last conv unit outputs and its input."""
+        trace = StagePass()
+        for j, stage in enumerate(self.encoder_stages()):
+            if j > 0:
+                trace.inputs.append(x)
+            u, p = first_and_last(stage, x)
+            trace.encoder.append((u, p))
+            x = F.max_pool2d(p, 2, 2)
+        trace.output = self.pool(x).flatten(1)
+        return trace
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor:
+        """The layers after the last stage's conv units: its 2x2 max pooling, the adaptive average pool,
+        flattening."""
+        return self.pool(F.max_pool2d(x, 2, 2)).flatten(1)
+
+    def initialise(self, module: nn.Module) -> None:
+        """This trunk keeps PyTorch's default initialisation, which ``module`` got when it was made."""
 
 
 class MLPHead(nn.Module):
