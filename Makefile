@@ -1,4 +1,5 @@
 # mtl-book: `make book` builds the book, `make test` runs every test. See README.md.
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -17,7 +18,7 @@ help:
 	@echo "make book-student  build the book with solutions hidden into _build/student/html"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
-	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS grids at a time; NPROC=2: torchrun)"
+	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS processes share the runs; NPROC=2: torchrun)"
 	@echo "make clean         remove _build (make clean-all also removes .venv and data caches)"
 
 # The virtual environment, created with the Python that runs make; reinstalled when the requirements change.
@@ -69,22 +70,25 @@ bench: $(STAMP)
 	@for f in benchmarks/bench_*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 # Every experiment grid (experiments/*.toml): finished runs are skipped, interrupted ones resume.
-# The grids run in parallel, JOBS at a time, each process on one CPU thread (small networks use one core
-# better than two threads do). NPROC=N instead trains every run with N processes (torchrun +
+# JOBS processes (one CPU thread each: small networks use one core better than two threads do) work through
+# all grids together, each run under a lock, so no core idles while another grid still has runs; then the
+# summaries are written. NPROC=N instead trains every run with N processes (torchrun +
 # DistributedDataParallel; one GPU each when CUDA is present), one grid after the other.
 NPROC ?= 1
 JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 EXPERIMENTS ?= $(sort $(wildcard experiments/*.toml))
 reproduce: $(STAMP)
 ifeq ($(NPROC),1)
-	@start=$$(date +%s); $(MAKE) --no-print-directory -j$(JOBS) $(EXPERIMENTS:experiments/%.toml=reproduce-%) && \
-	  echo "reproduce: finished in $$(( $$(date +%s) - start )) s"
+	@start=$$(date +%s); pids=""; \
+	for lane in $$(seq $(JOBS)); do \
+	  OMP_NUM_THREADS=1 MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run $(EXPERIMENTS) \
+	    --no-progress > >(sed "s/^/[lane $$lane] /") 2>&1 & pids="$$pids $$!"; \
+	done; fail=0; for pid in $$pids; do wait $$pid || fail=1; done; \
+	MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments aggregate $(EXPERIMENTS) && \
+	echo "reproduce: finished in $$(( $$(date +%s) - start )) s" && exit $$fail
 else
 	MTL_PROFILE=$(PROFILE) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m mtlutils.experiments run $(EXPERIMENTS)
 endif
-
-reproduce-%: $(STAMP)
-	OMP_NUM_THREADS=1 MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments run experiments/$*.toml --no-progress
 
 clean:
 	rm -rf _build

@@ -4,7 +4,7 @@ For each task kind, the constant that is optimal (or nearly) for its metric on t
 
 * ``class`` / ``seg``: the most frequent label (void, -1, excluded): the best constant for accuracy;
 * ``regress`` / ``depth``: the median target (invalid depth, 0, excluded): the constant that minimises
-  the L1 error, the training loss of these tasks (papers.md §2.1);
+  the L1 error, the training loss of these tasks;
 * ``normal``: the mean of the valid unit normals, normalised: the constant that maximises the summed
   cosine, the training objective of the normal task.
 
@@ -17,25 +17,26 @@ from typing import Mapping, Sequence
 
 import torch
 
-from .tasks import Task, as_task_dict
+from .tasks import KINDS, Task, as_task_dict
 
 
 def constant_prediction(task: Task, train_target: torch.Tensor) -> torch.Tensor:
     """The constant for ``task`` fitted on all its training targets: a label (``class``/``seg``), a
     scalar (``regress``/``depth``) or a unit 3-vector (``normal``)."""
-    if task.kind in ("class", "seg"):
+    rule = KINDS[task.kind].constant
+    if rule == "majority":
         labels = train_target[train_target >= 0].long()
         if labels.numel() == 0:
             raise ValueError(f"task {task.name!r}: no valid training label")
         return torch.bincount(labels, minlength=task.out_channels).argmax()
-    if task.kind in ("regress", "depth"):
+    if rule == "median":
         values = train_target.reshape(-1).double()
-        if task.kind == "depth":
+        if KINDS[task.kind].invalid is not None:   # depth: 0 marks a missing value
             values = values[values != 0]
         if values.numel() == 0:
             raise ValueError(f"task {task.name!r}: no valid training target")
         return values.median()
-    if task.kind == "normal":
+    if rule == "mean_direction":
         if train_target.dim() != 4 or train_target.shape[1] != 3:
             raise ValueError(f"task {task.name!r}: normals must be (N, 3, H, W), got {tuple(train_target.shape)}")
         mean = train_target.double().sum(dim=(0, 2, 3))   # invalid pixels are all-zero: they add nothing
@@ -45,13 +46,14 @@ def constant_prediction(task: Task, train_target: torch.Tensor) -> torch.Tensor:
 
 def _broadcast(task: Task, constant: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The constant shaped as the metric of ``task`` expects its predictions for ``target``."""
-    if task.kind == "class":   # one-hot logits (N, C)
+    kind = KINDS[task.kind]
+    if kind.labels and kind.image_level:   # one-hot logits (N, C)
         logits = torch.zeros(len(target), task.out_channels)
         logits[:, int(constant)] = 1.0
         return logits
-    if task.kind == "seg":     # labels (N, H, W)
+    if kind.labels:                        # label maps (N, H, W)
         return torch.full_like(target, int(constant))
-    if task.kind == "normal":
+    if kind.channels == 3:                 # one unit vector everywhere
         return constant.float().view(1, 3, 1, 1).expand_as(target)
     return torch.full(target.shape, float(constant))
 

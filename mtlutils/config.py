@@ -81,18 +81,13 @@ def seed_everything(seed: int, deterministic: bool = True) -> None:
 
 
 def describe_environment() -> dict[str, Any]:
-    """Versions and device, for the top of a chapter and for result files."""
-    import platform
+    """Versions, device, profile and threads, for the top of a chapter (the result files record more:
+    :func:`mtlutils.provenance.fingerprint`)."""
+    from .provenance import versions
 
     device = get_device()
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "device": str(device),
-        "profile": PROFILE,
-        "threads": torch.get_num_threads(),
-    }
+    info: dict[str, Any] = {**versions(), "device": str(device), "profile": PROFILE,
+                            "threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

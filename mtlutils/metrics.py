@@ -134,7 +134,7 @@ def _median(values: torch.Tensor) -> float:
 
 
 class SegMetrics(Metric):
-    """Semantic segmentation: mean IoU and pixel accuracy, both in % (papers.md §4).
+    """Semantic segmentation: mean IoU and pixel accuracy, both in %.
 
     ``update(pred, target)``: ``pred`` is logits or log-probabilities ``(N, C, H, W)`` (arg-max over C)
     or integer labels ``(N, H, W)``; ``target`` is ``(N, H, W)`` integer labels, ``-1`` = void (ignored).
@@ -142,16 +142,17 @@ class SegMetrics(Metric):
     Default (dataset-wide): one C×C confusion matrix ``confusion[true, pred]`` (int64) is accumulated over
     the whole set, then ``IoU_c = TP_c / (TP_c + FP_c + FN_c)`` and ``miou = mean_c IoU_c`` over the
     classes with a non-empty union (TP + FP + FN > 0). A class absent from both the ground truth and the
-    predictions has no defined IoU and is left out of the mean (the reference code's plain mean would turn
-    it into NaN, §2.1); a class in the ground truth that is never predicted, or predicted but never in the
+    predictions has no defined IoU and is left out of the mean (the MTAN reference code's plain mean would
+    turn it into NaN); a class in the ground truth that is never predicted, or predicted but never in the
     ground truth, counts with IoU 0. ``pixacc = Σ_c TP_c / #valid pixels``.
 
     ``per_batch=True`` reproduces the MTAN reference code: each ``update`` call is one batch; mIoU (over
     the classes with a non-empty union *in that batch*) and pixel accuracy are computed from that batch's
     own confusion matrix, and ``compute`` returns the unweighted mean of the batch values (every batch
     counts equally, whatever its size or number of valid pixels; batches without a valid pixel are
-    skipped). With batch size 1 this is the paper-era per-image mIoU. :meth:`iou_per_class` is always
-    dataset-wide.
+    skipped). It equals the paper-era per-image mIoU only at batch size 1; with larger batches it is a
+    per-batch mIoU, a different number that changes with the batch size and with how the evaluation set
+    is cut into batches. :meth:`iou_per_class` is always dataset-wide.
 
     Non-finite logits (a diverged model): a valid pixel whose C logits are not all finite has no
     prediction and counts as wrong: a false negative of its true class (in :attr:`unpredicted`, per true

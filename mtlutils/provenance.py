@@ -168,7 +168,11 @@ def exact_rule_reasons(committed: Mapping[str, Any], repeat: Mapping[str, Any]) 
         return ["the committed run records no fingerprint (made before fingerprints were recorded)"]
     if b is None:
         return ["the repeat records no fingerprint"]
-    return [f"{key}: {a.get(key)!r} vs {b.get(key)!r}" for key in EXACT_KEYS if a.get(key) != b.get(key)]
+    reasons = [f"{key}: {a.get(key)!r} vs {b.get(key)!r}" for key in EXACT_KEYS if a.get(key) != b.get(key)]
+    pa, pb = committed.get("precision", "fp32"), repeat.get("precision", "fp32")
+    if pa != pb:
+        reasons.append(f"precision: {pa!r} vs {pb!r}")
+    return reasons
 
 
 def compare_repeat(committed: Mapping[str, Any], repeat: Mapping[str, Any],

@@ -99,3 +99,48 @@ def summarise(results: Sequence[Mapping[str, Any]], baseline: str | None = "sing
                                 if (data, baseline, "equal") in table.index else float("nan")
                                 for (data, _, _), row in table.iterrows()]
     return table.reset_index()
+
+
+def last_quarter_gain(history: Sequence[Mapping[str, float]], fraction: float = 0.25) -> dict[str, float]:
+    """How much each validation metric improved over the last ``fraction`` of training, in % of its value
+    at the start of that stretch (positive = better, whatever the metric's direction).
+
+    ``history`` is a result's per-epoch rows (``val/<task>/<metric>``). With E epochs the stretch runs
+    from the end of epoch ``E - round(fraction * E)`` to the end of epoch E."""
+    from .metrics import HIGHER_IS_BETTER
+
+    epochs = len(history)
+    if epochs < 2:
+        raise ValueError("the plateau needs at least two epochs of history")
+    back = max(1, round(fraction * epochs))
+    start, end = history[epochs - 1 - back], history[-1]
+    gains = {}
+    for key in start:
+        if not key.startswith("val/") or key.endswith("/loss"):
+            continue
+        a, b = start[key], end[key]
+        sign = 1.0 if HIGHER_IS_BETTER[key.split("/")[-1]] else -1.0
+        gains[key[4:]] = 100.0 * sign * (b - a) / abs(a) if a else float("nan")
+    return gains
+
+
+def plateau(results: Sequence[Mapping[str, Any]], model: str, threshold: float = 2.0):
+    """The plateau criterion of the reproduction chapter for one grid: for every run of ``model`` (the
+    single-task baseline, equal weighting), the largest improvement of any validation metric over the last
+    quarter of training (:func:`last_quarter_gain`); the criterion holds when it is below ``threshold`` %
+    for every run. Returns a table with one row per (data, seed): ``epochs``, the worst metric, its gain
+    and whether it is below the threshold."""
+    import pandas as pd
+
+    rows = []
+    for r in results:
+        if r["config"]["model"] != model or r["config"]["weighting"] != "equal" or r.get("status") != "finished":
+            continue
+        gains = last_quarter_gain(r["history"])
+        worst = max(gains, key=lambda k: gains[k])
+        rows.append({"data": r["config"]["data_name"], "seed": r["seed"], "epochs": len(r["history"]),
+                     "largest gain metric": worst, "largest gain %": gains[worst],
+                     "plateau": gains[worst] < threshold})
+    if not rows:
+        raise ValueError(f"no finished run of {model!r} with equal weighting in these results")
+    return pd.DataFrame(rows).set_index(["data", "seed"])

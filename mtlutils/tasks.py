@@ -54,16 +54,49 @@ def _normal_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - (pred * target).sum(dim=1)[valid].mean()
 
 
-# kind -> (loss, metric factory, output activation applied by the head)
-KINDS: dict[str, tuple[Loss, Callable[["Task"], Metric], Callable[[torch.Tensor], torch.Tensor]]] = {
-    "class": (_class_loss, lambda task: M.ClassMetrics(), lambda x: x),
-    "regress": (_regress_loss, lambda task: M.RegressMetrics(), lambda x: x),
-    "seg": (_seg_loss, lambda task: M.SegMetrics(task.out_channels), lambda x: F.log_softmax(x, dim=1)),
-    "depth": (_depth_loss, lambda task: M.DepthMetrics(), lambda x: x),
-    "normal": (_normal_loss, lambda task: M.NormalMetrics(), lambda x: F.normalize(x, p=2, dim=1)),
+@dataclass(frozen=True)
+class Kind:
+    """Everything the package knows about one kind of task, in one place (the table :data:`KINDS`).
+
+    ``loss`` (prediction, target) -> scalar; ``metrics`` (task) -> a fresh streaming metric; ``activation``
+    applied by the head; ``image_level`` (one prediction per image) or dense (one per pixel);
+    ``labels``: the target is class labels (classification: at least 2 outputs, uncertainty weighting's
+    ``1/σ²`` form); ``channels``: the fixed number of head outputs, or None when the task sets it (classes,
+    regression dimensions); ``constant``: the best constant predictor (the floor of
+    :mod:`mtlutils.baselines`): ``"majority"`` label, ``"median"`` target or ``"mean_direction"``;
+    ``invalid``: what marks a target element as missing (``None``: nothing does).
+    """
+
+    loss: Loss
+    metrics: Callable[["Task"], Metric]
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    image_level: bool
+    labels: bool
+    channels: int | None
+    constant: str
+    invalid: str | None = None
+
+    @property
+    def regression(self) -> bool:
+        """A scalar target whose head may start at the training mean (:attr:`Task.output_bias`)."""
+        return not self.labels and self.channels in (None, 1) and self.constant == "median"
+
+
+KINDS: dict[str, Kind] = {
+    "class": Kind(_class_loss, lambda task: M.ClassMetrics(), lambda x: x, image_level=True, labels=True,
+                  channels=None, constant="majority"),
+    "regress": Kind(_regress_loss, lambda task: M.RegressMetrics(), lambda x: x, image_level=True, labels=False,
+                    channels=None, constant="median"),
+    "seg": Kind(_seg_loss, lambda task: M.SegMetrics(task.out_channels), lambda x: F.log_softmax(x, dim=1),
+                image_level=False, labels=True, channels=None, constant="majority", invalid="label -1"),
+    "depth": Kind(_depth_loss, lambda task: M.DepthMetrics(), lambda x: x, image_level=False, labels=False,
+                  channels=1, constant="median", invalid="depth 0"),
+    "normal": Kind(_normal_loss, lambda task: M.NormalMetrics(), lambda x: F.normalize(x, p=2, dim=1),
+                   image_level=False, labels=False, channels=3, constant="mean_direction",
+                   invalid="all-zero normal"),
 }
-IMAGE_LEVEL_KINDS = ("class", "regress")
-DENSE_KINDS = ("seg", "depth", "normal")
+IMAGE_LEVEL_KINDS = tuple(k for k, v in KINDS.items() if v.image_level)
+DENSE_KINDS = tuple(k for k, v in KINDS.items() if not v.image_level)
 
 
 @dataclass(frozen=True)
@@ -94,13 +127,13 @@ class Task:
                              f"expected one of {sorted(KINDS)}")
         if self.out_channels < 1:
             raise ValueError(f"task {self.name!r}: out_channels must be >= 1, got {self.out_channels}")
-        if self.kind in ("class", "seg") and self.out_channels < 2:
+        kind = KINDS[self.kind]
+        if kind.labels and self.out_channels < 2:
             raise ValueError(f"task {self.name!r}: a classification task needs >= 2 classes")
-        if self.output_bias is not None and (self.kind not in ("regress", "depth")
-                                             or not math.isfinite(self.output_bias)):
+        if self.output_bias is not None and (not kind.regression or not math.isfinite(self.output_bias)):
             raise ValueError(f"task {self.name!r}: output_bias is for regress/depth tasks and must be finite, "
                              f"got {self.output_bias!r} for kind {self.kind!r}")
-        fixed = {"depth": 1, "normal": 3}.get(self.kind)
+        fixed = kind.channels
         if fixed is not None and self.out_channels != fixed:
             raise ValueError(f"task {self.name!r} of kind {self.kind!r} has {fixed} output channel(s), "
                              f"got {self.out_channels}")
@@ -108,20 +141,20 @@ class Task:
     @property
     def image_level(self) -> bool:
         """True for tasks with one prediction per image (as opposed to one per pixel)."""
-        return self.kind in IMAGE_LEVEL_KINDS
+        return KINDS[self.kind].image_level
 
     def loss(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task's training loss (a scalar tensor), unweighted."""
-        return KINDS[self.kind][0](pred, target)
+        return KINDS[self.kind].loss(pred, target)
 
     def new_metrics(self) -> Metric:
         """A fresh streaming metric object for this task."""
-        return KINDS[self.kind][1](self)
+        return KINDS[self.kind].metrics(self)
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """The output activation applied by a model's head: identity for logits and scalars,
         log-softmax over classes for ``seg``, L2 normalisation for ``normal``."""
-        return KINDS[self.kind][2](raw)
+        return KINDS[self.kind].activation(raw)
 
 
 def as_task_dict(tasks: "dict[str, Task] | list[Task] | tuple[Task, ...]") -> dict[str, Task]:

@@ -24,6 +24,10 @@ Optional model hooks (duck-typed, so any ``nn.Module`` works without them):
 * ``model.on_train_step(step)``: called before every training step with the global step (0-based, counted
   over all epochs), e.g. to anneal a temperature. It must depend on ``step`` only, so that a resumed run
   equals an uninterrupted one.
+* ``model.calibrate(data)``: called with the training data after an epoch's training whenever the model
+  is about to be evaluated (before the validation of every epoch, and after the last epoch), e.g. to
+  re-estimate batch-norm statistics that training leaves stale (stochastic filter groups). It runs
+  before the checkpoint is written, so a resumed run equals an uninterrupted one.
 
 Several processes (``torchrun``, see :mod:`mtlutils.distributed`): pass a model prepared with
 :func:`~mtlutils.distributed.prepare_model` and data from a
@@ -46,6 +50,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from . import precision as precisions
 from .config import get_device
 from .fileio import atomic_write
 from .progress import Progress
@@ -84,6 +89,7 @@ class History:
 
     rows: list[dict[str, float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list, compare=False)
+    precision: str = field(default="fp32", compare=False)   # the arithmetic of the training (mtlutils.precision)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -132,11 +138,12 @@ class History:
         return pd.DataFrame.from_records(records, columns=["epoch", "split", "task", "quantity", "value"])
 
     def state(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows], "seconds": list(self.seconds)}
+        return {"rows": [dict(r) for r in self.rows], "seconds": list(self.seconds), "precision": self.precision}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "History":
-        return cls(rows=[dict(r) for r in state["rows"]], seconds=list(state["seconds"]))
+        return cls(rows=[dict(r) for r in state["rows"]], seconds=list(state["seconds"]),
+                   precision=state.get("precision", "fp32"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,8 +265,9 @@ def _task_losses(model: nn.Module, batch: Mapping[str, torch.Tensor], tasks: Map
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | Iterable[Task]",
-             device: torch.device | str | None = None) -> dict[str, float]:
-    """Mean unweighted loss and metrics of every task over ``data`` (model in eval mode).
+             device: torch.device | str | None = None, precision: str = "fp32") -> dict[str, float]:
+    """Mean unweighted loss and metrics of every task over ``data`` (model in eval mode; the forward pass
+    in ``precision``, see :mod:`mtlutils.precision`; metrics accumulated in float32/64).
 
     Returns a flat dict ``{"<task>/loss": ..., "<task>/<metric>": ...}``. Losses are averaged per
     sample over the whole set; metrics are accumulated over the whole set (over the shards of all
@@ -267,6 +275,7 @@ def evaluate(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task]
     """
     tasks = as_task_dict(list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks))
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    precision = precisions.resolve(precision, device)
     was_training = model.training
     model.eval()
     sums = {name: 0.0 for name in tasks}
@@ -274,7 +283,8 @@ def evaluate(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task]
     metrics = {name: task.new_metrics() for name, task in tasks.items()}
     for batch in data:
         batch = _move(batch, device)
-        preds, losses = _task_losses(model, batch, tasks)
+        with precisions.autocast(precision, device):
+            preds, losses = _task_losses(model, batch, tasks)
         n = batch["image"].shape[0]
         count += n
         for name in tasks:
@@ -328,6 +338,8 @@ class TrainState:
     step: int = 0
     global_step: int = 0
     losses: dict[str, torch.Tensor] | None = None
+    precision: str = "fp32"
+    scaler: Any = None   # torch.amp.GradScaler for fp16
 
 
 class Callback:
@@ -349,7 +361,7 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
         val_data: Iterable[Batch] | None = None, device: torch.device | str | None = None, seed: int = 0,
         checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
         label: str = "", grad_clip: float | None = None, train_metrics: bool = True,
-        callbacks: "Iterable[Callback]" = ()) -> History:
+        callbacks: "Iterable[Callback]" = (), precision: str = "fp32") -> History:
     """Train ``model`` on ``data`` for the ``tasks``, combining their losses with ``weighting``.
 
     Args:
@@ -376,6 +388,9 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
             step for a small SegNet on CPU). Training itself is the same either way.
         callbacks: :class:`Callback` objects (anything with ``on_step(state)`` / ``on_epoch_end(state)``)
             that observe the training, e.g. to record α or group fractions as they move.
+        precision: ``"fp32"`` (default), ``"bf16"``, ``"fp16"`` (CUDA, with a gradient scaler) or
+            ``"auto"`` (bf16 where the device runs it fast): the forward pass and the losses under
+            autocast (:mod:`mtlutils.precision`); recorded as ``History.precision``.
 
     Raises:
         NonFiniteLossError: a task loss became NaN/inf; it carries the task, epoch, step and the History
@@ -389,6 +404,10 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     if set(weighting.task_names) != set(tasks):
         raise ValueError(f"weighting is for tasks {weighting.task_names}, training tasks are {list(tasks)}")
     device = torch.device(device) if device is not None else get_device()
+    precision = precisions.resolve(precision, device)
+    if precision == "fp16" and getattr(weighting, "needs", None) is not None:
+        raise ValueError("precision 'fp16' trains with a gradient scaler, which gradient-level weightings do "
+                         "not support; use 'bf16' or 'fp32'")
     model.to(device)
     weighting.to(device)
     extra = [p for p in weighting.parameters() if p.requires_grad]
@@ -405,10 +424,11 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
         else:
             opt.add_param_group({"params": [p for p in extra if id(p) not in known]})
     sched = scheduler(opt) if scheduler is not None else None
-    settings = _settings(seed, epochs, opt, weighting, inner, sched)
+    settings = {**_settings(seed, epochs, opt, weighting, inner, sched), "precision": precision}
     callbacks = list(callbacks)
 
-    history = History()
+    history = History(precision=precision)
+    scaler = precisions.scaler(precision, device)
     start = 0
     if checkpoint is not None and resume:
         state = _resume_state(Path(checkpoint), device)
@@ -419,7 +439,10 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
             weighting.load_state_dict(state["weighting"])
             if sched is not None and state.get("scheduler") is not None:
                 sched.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler") is not None:
+                scaler.load_state_dict(state["scaler"])
             history = History.from_state(state["history"])
+            history.precision = precision
             start = int(state["epoch"])
 
     steps = _steps_per_epoch(data, needed=False)
@@ -427,23 +450,25 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     bar = Progress(total=steps * epochs, desc=f"{prefix}epoch {start}/{epochs}",
                    enabled=progress and distributed.is_main(), initial=steps * start)
     loop = TrainState(model=model, optimizer=opt, weighting=weighting, history=history,
-                      global_step=steps * start)
+                      global_step=steps * start, precision=precision, scaler=scaler)
+    setup = _Setup(data, tasks, device, seed, grad_clip, checkpoint, bar, train_metrics, callbacks)
     try:
         for epoch in range(start + 1, epochs + 1):
             began = time.perf_counter()
             bar.set_description(f"{prefix}epoch {epoch}/{epochs}")
             loop.epoch = epoch
             try:
-                row = _train_epoch(loop, data, tasks, device, seed, grad_clip, checkpoint, bar, train_metrics,
-                                   callbacks)
+                row = _train_epoch(loop, setup)
             except NonFiniteLossError as err:
                 err.history = History.from_state(history.state())
                 raise
+            if callable(getattr(inner, "calibrate", None)) and (val_data is not None or epoch == epochs):
+                inner.calibrate(data)  # before the model is evaluated (see the hooks in the module doc)
             weighting.end_epoch({name: row[f"train/{name}/loss"] for name in tasks})
             if getattr(weighting, "needs", None) is not None:   # gradient-level: the epoch's mean weights, known only now
                 row.update({f"weight/{k}": float(v) for k, v in weighting.weights().items()})
             if val_data is not None:
-                row.update({f"val/{k}": v for k, v in evaluate(model, val_data, tasks, device).items()})
+                row.update({f"val/{k}": v for k, v in evaluate(model, val_data, tasks, device, precision).items()})
             if sched is not None:
                 sched.step()
             history.rows.append(row)
@@ -455,6 +480,7 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
                                  "model": inner.state_dict(), "optimizer": opt.state_dict(),
                                  "weighting": weighting.state_dict(),
                                  "scheduler": sched.state_dict() if sched is not None else None,
+                                 "scaler": scaler.state_dict() if scaler is not None else None,
                                  "history": history.state()}, checkpoint)
             loop.losses = None
             for callback in callbacks:
@@ -495,14 +521,29 @@ def _non_finite(loop: TrainState, names: list[str], values: torch.Tensor, step: 
                               value=value, **where)
 
 
-def _train_epoch(loop: TrainState, data: Iterable[Batch], tasks: Mapping[str, Task], device: torch.device,
-                 seed: int, grad_clip: float | None, checkpoint: Any, bar: Progress, train_metrics: bool,
-                 callbacks: list[Any]) -> dict[str, float]:
+@dataclass
+class _Setup:
+    """The settings of one :func:`fit` call that every epoch needs (what :func:`_train_epoch` reads)."""
+
+    data: Iterable[Batch]
+    tasks: Mapping[str, Task]
+    device: torch.device
+    seed: int
+    grad_clip: float | None
+    checkpoint: Any
+    bar: Progress
+    train_metrics: bool
+    callbacks: list[Any]
+
+
+def _train_epoch(loop: TrainState, setup: _Setup) -> dict[str, float]:
     """One training epoch; returns the epoch's History row (without validation entries).
 
     The step reads one value from the device (whether every loss is finite, in every process, together
     with the running loss sums for the progress bar): one host synchronisation per step."""
     model, weighting, opt, epoch = loop.model, loop.weighting, loop.optimizer, loop.epoch
+    data, tasks, device, seed, grad_clip = setup.data, setup.tasks, setup.device, setup.seed, setup.grad_clip
+    checkpoint, bar, train_metrics, callbacks = setup.checkpoint, setup.bar, setup.train_metrics, setup.callbacks
     s = epoch_seed(seed, epoch)
     torch.manual_seed(s)
     generator = getattr(data, "generator", None)
@@ -528,12 +569,13 @@ def _train_epoch(loop: TrainState, data: Iterable[Batch], tasks: Mapping[str, Ta
         batch = _move(batch, device)
         if callable(on_step):
             on_step(first_step + step - 1)
-        preds, losses = _task_losses(model, batch, tasks)
-        total = weighting.combine(losses)
-        if callable(regularization):
-            reg = regularization()
-            reg_sum += reg.detach().double()
-            total = total + reg
+        with precisions.autocast(loop.precision, device):
+            preds, losses = _task_losses(model, batch, tasks)
+            total = weighting.combine(losses)
+            if callable(regularization):
+                reg = regularization()
+                reg_sum += reg.detach().double()
+                total = total + reg
         detached = torch.stack([losses[name].detach() for name in names] + [total.detach()])
         ok = distributed.all_agree_finite(detached)
         n = batch["image"].shape[0]
@@ -542,14 +584,22 @@ def _train_epoch(loop: TrainState, data: Iterable[Batch], tasks: Mapping[str, Ta
         if not read[0]:
             raise _non_finite(loop, names, detached, step, checkpoint)
         opt.zero_grad(set_to_none=True)
-        if getattr(weighting, "needs", None) is None:
-            total.backward()
-        else:   # gradient-level: the weighting writes the gradients (mtlutils.weighting.base)
+        if getattr(weighting, "needs", None) is not None:   # gradient-level: the weighting writes the gradients
             weighting.backward(losses, model, extra=reg if callable(regularization) else None)
+        elif loop.scaler is not None:
+            loop.scaler.scale(total).backward()
+        else:
+            total.backward()
         distributed.average_gradients(own_params)
+        if loop.scaler is not None:
+            loop.scaler.unscale_(opt)
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(clip_params, grad_clip)
-        opt.step()
+        if loop.scaler is not None:
+            loop.scaler.step(opt)
+            loop.scaler.update()
+        else:
+            opt.step()
         count += n
         for name, metric in metrics.items():  # empty without train_metrics
             metric.update(preds[name].detach(), batch[name])

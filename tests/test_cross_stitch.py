@@ -50,6 +50,19 @@ def test_hand_written_backward_is_eq2_and_corrected_eq3_by_hand():
     assert xb.grad.item() == pytest.approx(0.1 * 3 + 0.7 * 11)
 
 
+def test_hand_written_backward_refuses_a_second_derivative():
+    """The hand-written backward is not differentiable itself: asking for a second derivative must fail
+    with a clear message, not return a wrong number; the autograd form gives it."""
+    gen = torch.Generator().manual_seed(2)
+    alpha, xs = random_alpha(2, 3, gen), random_inputs(2, (2, 3, 4), gen)
+    (grad,) = torch.autograd.grad(sum((y * y).sum() for y in cross_stitch(alpha, xs)), alpha, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+    (grad,) = torch.autograd.grad(sum((y * y).sum() for y in mix(alpha, xs)), alpha, create_graph=True)
+    grad.sum().backward()  # the autograd form has a second derivative
+    assert xs[0].grad is not None
+
+
 @pytest.mark.parametrize("granularity", ["channel", "layer"])
 @pytest.mark.parametrize("autograd", [True, False], ids=["autograd", "default"])
 def test_layer_equals_the_hand_written_function_in_values_and_gradients(granularity, autograd):
@@ -173,7 +186,8 @@ def test_any_number_of_tasks_backbone_and_placement(backbone, granularity, stitc
     out = model(x)
     assert set(out) == set(model.tasks)
     assert all(unit.alpha.shape[:2] == (3, 3) for unit in model.units)
-    assert len(model.units) == len(model.trunks[next(iter(model.tasks))].stitch_points(stitch))
+    head_unit = backbone == "vgg" and stitch == "stage"  # the head's hidden FC layer (fc6/fc7)
+    assert len(model.units) == len(model.trunks[next(iter(model.tasks))].stitch_points(stitch)) + head_unit
     sum(v.float().sum() for v in out.values()).backward()
     assert all(unit.alpha.grad is not None and unit.alpha.grad.abs().sum() > 0 for unit in model.units)
 
@@ -184,6 +198,26 @@ def test_sfg_baseline_half_width_vgg_per_channel_after_every_conv():
     assert len(model.units) == len(convs) and all(u.granularity == "channel" for u in model.units)
     assert [u.alpha.shape[-1] for u in model.units] == [c.out_channels for c in convs]
     assert convs[0].out_channels == 8  # half of the default 16
+
+
+def test_vgg_placement_is_the_papers_every_pooling_and_hidden_fully_connected_layer():
+    """pool1, pool2, pool3 (this backbone's pool5) and fc (its fc6/fc7) are stitched; the output layer
+    (fc8) is not. With alpha = I the network is the two single-task networks; mixing at fc changes it."""
+    model = tiny(IMAGE[:2], width=0.5, hidden=8, alpha_init=(1.0, 0.0)).eval()
+    assert model.point_names == ["pool1", "pool2", "pool3", "fc"]
+    assert model.units[-1].alpha.shape == (2, 2, 8)
+    torch.manual_seed(5)
+    single = create("single", IMAGE[:2], width=0.5, hidden=8).eval()
+    single.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("units.")})
+    x = torch.rand(3, 1, 20, 28)
+    out = model(x)
+    assert all(torch.equal(out[k], single(x)[k]) for k in out)
+    with torch.no_grad():
+        model.units[-1].alpha.copy_(init_alpha(2, 0.5, 0.5, 8))
+        features = {k: single.trunks[k](x) for k in model.tasks}
+        hidden = {k: single.heads[k].hidden(features[k]) for k in model.tasks}
+        mixed = single.heads["left"].output(0.5 * hidden["left"] + 0.5 * hidden["right"])
+    torch.testing.assert_close(model(x)["left"], mixed)
 
 
 def test_alpha_initialisation_default_and_configurable():

@@ -95,3 +95,15 @@ def test_dense_task_validation():
         Task("depth", "depth", 3)
     with pytest.raises(ValueError, match="has 3 output channel"):
         Task("n", "normal", 1)
+
+
+def test_dense_task_networks_last_decoder_stage_is_the_authors_128_128_64():
+    """The MTAN authors' Dense: each task network's full-resolution decoder stage reads [task ; shared]
+    (2 x 64 channels) and keeps that width until its last conv: 128->128->64. SegNet itself is unchanged."""
+    with torch.device("meta"):
+        dense = create("dense", [seg_task(13), TASKS["depth"], TASKS["normal"]])
+        single = create("single", [seg_task(13)])
+    widths = lambda stage: [(u[0].in_channels, u[0].out_channels) for u in stage]  # noqa: E731
+    assert widths(dense.trunks["seg"].decoder[-1]) == [(128, 128), (128, 64)]
+    assert widths(dense.trunks["seg"].decoder[-2]) == [(256, 64), (64, 64)]   # the other stages: as before
+    assert widths(dense.shared.decoder[-1]) == widths(single.trunks["seg"].decoder[-1]) == [(64, 64), (64, 64)]

@@ -184,3 +184,23 @@ def test_seeds_are_counted_per_metric(grid_file, tmp_path):
             dict(base, seed=2, status="diverged", metrics={})]
     table = E.summarise(runs, baseline=None)
     assert int(table.loc[0, "seeds"]) == 1 and int(table.loc[0, "diverged"]) == 1
+
+
+def test_kept_models_load_with_their_hash_checked(grid_file, tmp_path):
+    grid_file.write_text(GRID.replace('seeds = [0]', 'seeds = [0]\nkeep_models = ["*__split__*"]'))
+    cfg = E.load_config(grid_file, "full")
+    run = E.grid(cfg)[0]
+    results = tmp_path / "results"
+    result = E.execute(cfg, run, results / "faults", tmp_path / "ckpt", torch.device("cpu"), "t", False)
+    assert result["model_file"] == f"models/{run.id}.pt" and len(result["model_sha256"]) == 64
+    model, loaded = E.load_model(cfg, run.id, results)
+    assert loaded["run"] == run.id and not model.training
+    train_set, val_set, tasks = E.build_data(E.run_config(cfg, run)["data"])
+    again = mu.evaluate(model, E.make_loaders(train_set, val_set, 16, 0)[1], tasks, "cpu")
+    assert again["left/accuracy"] == result["history"][-1]["val/left/accuracy"]   # the trained model itself
+    path = results / "faults" / result["model_file"]
+    path.write_bytes(path.read_bytes()[:-10] + bytes(10))        # damaged on disk
+    with pytest.raises(ValueError, match="does not match the SHA-256"):
+        E.load_model(cfg, run.id, results)
+    with pytest.raises(ValueError, match="no run"):
+        E.load_model(cfg, "nope", results)

@@ -45,12 +45,12 @@ def make_nyuv2(folder: Path, counts: dict[str, int] | None = None) -> Path:
     return folder
 
 
-def make_cityscapes(folder: Path, n: int = 3) -> Path:
+def make_cityscapes(folder: Path, n: int = 3, classes: tuple[int, ...] = (7, 19)) -> Path:
     for split in ("train", "val"):
         for i in range(n):
             rng = np.random.default_rng(100 + i)
             _save(folder / split / "image", i, rng.random((H, W, 3)).astype(np.float32))
-            for c in (7, 19):
+            for c in classes:
                 label = rng.integers(0, c, (H, W)).astype(np.float32)
                 label[0] = -1
                 _save(folder / split / f"label_{c}", i, label)

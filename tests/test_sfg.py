@@ -1,5 +1,7 @@
-"""Stochastic Filter Groups (papers.md §3): the Gumbel-Softmax sampler, the filter-group convolution (two
-implementations that must agree), the properties the paper states, the objective, inference modes."""
+"""Stochastic Filter Groups (Bragman et al., ICCV 2019): the Gumbel-Softmax sampler, the filter-group
+convolution (two implementations that must agree), the properties the paper states, routing through
+unpooling, the objective, inference modes and batch norm under random routings."""
+import copy
 import math
 
 import pytest
@@ -13,7 +15,7 @@ from conftest import StopAtEpoch
 from mtlutils.layers import FilterGroupConv, gumbel_softmax
 from mtlutils.layers.filter_groups import (filter_group_conv, filter_group_conv_masked, fixed_assignment,
                                            group_entropy, kernel_input_mask, log_probs, routing_matrix)
-from mtlutils.models.sfg import SFGNetwork
+from mtlutils.models.sfg import SFGNetwork, recalibrate_batch_norm
 from mtlutils.tasks import Task
 
 DIGITS = [mu.TASKS["sum"], mu.TASKS["left"]]
@@ -239,6 +241,10 @@ def test_one_grouping_per_call_for_the_whole_batch():
 
 # --------------------------------------------------------------------------------------------------
 # the network: properties the paper states
+def batch_norms(model):
+    return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+
 def conv_and_bn(trunk):
     return [m for m in trunk.modules() if isinstance(m, (nn.Conv2d, FilterGroupConv, nn.BatchNorm2d))]
 
@@ -422,10 +428,15 @@ def test_stochastic_and_deterministic_inference():
     a, b = model(x), model(x)
     assert all(torch.equal(a[k], b[k]) for k in a), "argmax inference is deterministic"
     model.inference = "sample"
+    running = [bn.running_mean.clone() for bn in batch_norms(model)]
     torch.manual_seed(3)
     votes = model(x)
+    assert all(torch.equal(a, bn.running_mean) for a, bn in zip(running, batch_norms(model)))  # untouched
+    model.train()                                         # the authors' evaluation: training-mode batch norm
     torch.manual_seed(3)
-    passes = [model._forward_once(x) for _ in range(7)]  # the same 7 sampled networks
+    with torch.no_grad():
+        passes = [model._forward_once(x) for _ in range(7)]  # the same 7 sampled networks
+    model.eval()
     torch.testing.assert_close(votes["b"], torch.stack([p["b"] for p in passes]).mean(0))   # mean
     counts = sum(F.one_hot(p["a"].argmax(1), 4) for p in passes)
     assert torch.equal(votes["a"].argmax(1), counts.argmax(1))                               # mode
@@ -484,3 +495,141 @@ def test_multidigits_sum_target_is_additive():
     assert float(both.targets["sum"].max()) <= 1
     with pytest.raises(ValueError, match=r"unknown targets \['product'\]; valid choices: \['left', 'right', 'sum'\]"):
         mu.data.multidigits("train", n=5, targets=("left", "product"))
+
+
+# --------------------------------------------------------------------------------------------------
+# the routing holds through the whole trunk, pooling indices included
+def perturb_group(model, groups, t, gen):
+    """A copy of ``model`` whose kernels in group ``t`` (per layer, ``groups``) have new random weights."""
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, g in zip(other.group_layers, groups):
+            rows = torch.nonzero(g == t).flatten()
+            layer.weight[rows] += torch.randn(layer.weight[rows].shape, generator=gen)
+            layer.bias[rows] += torch.randn(len(rows), generator=gen)
+    return other
+
+
+def random_fixed_groupings(tasks, backbone, width, gen):
+    """Random group indices per layer (non-contiguous), equal on the layers that unpooling ties."""
+    template = sfg(tasks, backbone=backbone, width=width)
+    groups = [torch.randint(0, len(tasks) + 1, (layer.out_channels,), generator=gen)
+              for layer in template.group_layers]
+    for owner, tied in getattr(template, "ties", []):  # layers tied by unpooling (SegNet)
+        groups[tied] = groups[owner]
+    return groups
+
+
+@pytest.mark.parametrize("grouping", ["learned", "fixed"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+@pytest.mark.parametrize("backbone,tasks,shape", [("vgg", THREE, (4, 1, 20, 28)),
+                                                   ("segnet", DENSE, (2, 3, 32, 32))])
+def test_perturbing_one_tasks_kernels_leaves_every_other_task_unchanged(backbone, tasks, shape, mode, grouping):
+    """Random, non-contiguous groupings (fixed ones; or learned: argmax of a Dirichlet start in eval, a
+    sample in training): the other tasks' outputs do not move when task t's kernels change, however the
+    values travel (max unpooling places a decoder channel with the indices of the encoder channel at the
+    same position)."""
+    width = 0.5 if backbone == "vgg" else 0.125
+    if grouping == "fixed":
+        fixed = random_fixed_groupings(tasks, backbone, width, torch.Generator().manual_seed(4))
+        model = sfg(tasks, backbone=backbone, width=width, fixed=fixed)
+    else:
+        model = sfg(tasks, backbone=backbone, width=width, init="dirichlet")
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():                  # running statistics of the scale of the activations (eval mode)
+        for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
+            bn.momentum = 1.0
+        model(x)
+    model.train(mode == "train")
+    gen = torch.Generator().manual_seed(2)
+
+    def outputs(net):
+        torch.manual_seed(3)                                   # the same sampled grouping for every copy
+        with torch.no_grad():
+            return net(x), net.last_groups
+
+    reference, groups = outputs(model)
+    names = list(model.tasks)
+    assert sum(not torch.equal(g, g.sort().values) for g in groups) > len(groups) // 2  # not in blocks
+    for t, name in enumerate(names):
+        changed, same_groups = outputs(perturb_group(model, groups, t, gen))
+        assert all(torch.equal(a, b) for a, b in zip(groups, same_groups))
+        assert not torch.allclose(changed[name], reference[name]), "task t's own output must move"
+        for other in names:
+            if other != name:
+                leak = float((changed[other] - reference[other]).abs().max())
+                assert leak == 0.0, f"perturbing {name}'s kernels moved {other}'s output by {leak:.3g}"
+
+
+def test_unpooling_ties_the_groupings_of_encoder_and_decoder_layers():
+    model = sfg(DENSE, backbone="segnet", width=0.125, init="dirichlet")
+    assert model.ties == [(9, 15), (6, 18), (3, 21), (1, 23)]  # enc4-1 last conv -> dec5-2 last conv
+    model.train()
+    model(torch.rand(2, 3, 32, 32))
+    for a, b in model.ties:                                     # one sample for both, in training too
+        assert torch.equal(model.last_groups[a], model.last_groups[b])
+        assert torch.equal(model.group_layers[a].probs(), model.group_layers[b].probs())
+    kernels = sum(layer.out_channels for layer in model.group_layers)
+    tied = sum(model.group_layers[b].out_channels for _, b in model.ties)
+    assert model.group_logits.shape[0] == kernels - tied       # one categorical per tied pair
+    assert sfg(DIGITS).ties == []
+    untied = random_fixed_groupings(DENSE, "segnet", 0.125, torch.Generator().manual_seed(0))
+    untied[15] = (untied[15] + 1) % 3
+    with pytest.raises(ValueError, match="layers 9 and 15 must have the same grouping"):
+        sfg(DENSE, backbone="segnet", width=0.125, fixed=untied)
+
+
+# --------------------------------------------------------------------------------------------------
+# batch norm under random routings
+def digit_loader(n=64):
+    """Training batches in a fixed order (no shuffling), so that two passes see the same batches."""
+    train = mu.data.multidigits("train", n=n, seed=0, targets=("sum", "left"))
+    return torch.utils.data.DataLoader(train, batch_size=16, shuffle=False)
+
+
+def argmax_network_statistics(model, loader):
+    """The reference: PyTorch's own cumulative average (momentum=None) of the batch statistics of the
+    network that evaluation runs (argmax p), over one pass of ``loader``."""
+    ref = copy.deepcopy(model).eval()
+    for bn in batch_norms(ref):
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        for batch in loader:
+            ref(batch["image"])
+    return batch_norms(ref)
+
+
+@pytest.mark.parametrize("validate", [False, True], ids=["chapter", "runner"])
+def test_fit_leaves_sfg_with_the_batch_norm_statistics_of_the_evaluated_network(validate):
+    """Training samples a new grouping every step; evaluation runs argmax p. After fit, the running
+    statistics must be those of the argmax network (one pass over the training data), not an average
+    over the sampled networks of training; with validation data (the experiment runner, whose result is
+    the last epoch's validation metrics) the validation sees them too."""
+    loader = digit_loader()
+    val = digit_loader(32) if validate else None
+    model = sfg(init="dirichlet", group_lr=10.0)
+    history = mu.fit(model, loader, DIGITS, epochs=2, seed=0, progress=False, device="cpu", val_data=val)
+    for bn, ref in zip(batch_norms(model), argmax_network_statistics(model, loader)):
+        torch.testing.assert_close(bn.running_mean, ref.running_mean, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bn.running_var, ref.running_var, rtol=1e-5, atol=1e-6)
+    if validate:
+        scores = mu.evaluate(model, val, DIGITS, "cpu")
+        assert history.rows[-1]["val/left/accuracy"] == scores["left/accuracy"]
+        assert history.rows[-1]["val/sum/mae"] == pytest.approx(scores["sum/mae"], rel=1e-6)
+
+
+def test_recalibrate_batch_norm_restores_modes_and_a_fixed_grouping_needs_none():
+    loader = digit_loader(32)
+    model = sfg(init="dirichlet").train()
+    momenta = [bn.momentum for bn in batch_norms(model)]
+    assert recalibrate_batch_norm(model, loader) == 2
+    assert model.training and all(bn.training for bn in batch_norms(model))
+    assert [bn.momentum for bn in batch_norms(model)] == momenta
+    fixed = sfg(fixed=[1, 1, 1])
+    before = copy.deepcopy(fixed.state_dict())
+    fixed.calibrate(loader)                  # trained as evaluated: nothing to re-estimate
+    assert all(torch.equal(before[k], v) for k, v in fixed.state_dict().items())
+    with pytest.raises(ValueError, match="no data"):
+        recalibrate_batch_norm(model, [])

@@ -8,12 +8,10 @@ file and verifies its SHA-256.
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..paths import data_root
 from .download import ChecksumError, download, file_sha256, verify
 from .multidigits import MultiDigits, multidigits, source_pools
 from .real import CityScapes, DatasetNotFoundError, InvalidSampleError, NYUv2, UTKFace, ValidationReport
@@ -22,14 +20,6 @@ from .scenes import Scenes, make_scenes
 __all__ = ["MultiDigits", "multidigits", "source_pools", "Scenes", "make_scenes", "NYUv2", "CityScapes",
            "UTKFace", "DatasetNotFoundError", "InvalidSampleError", "ValidationReport", "download", "verify", "file_sha256", "ChecksumError", "loaders",
            "data_root"]
-
-
-def data_root() -> Path:
-    """Where data lives: ``$MTL_DATA`` if set, else the repository's ``data/`` folder."""
-    env = os.environ.get("MTL_DATA")
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[2] / "data"
 
 
 def loaders(train: Dataset, test: Dataset | None = None, batch_size: int = 64, seed: int = 0,

@@ -9,10 +9,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import uuid
 from contextlib import closing
 from pathlib import Path
 from typing import Any, Callable
+
+from ..fileio import atomic_write
 
 __all__ = ["ChecksumError", "download", "verify", "file_sha256"]
 
@@ -93,24 +94,15 @@ def download(url: str, dest: str | os.PathLike, sha256: str, *, opener: Callable
     dest = Path(dest)
     if verify(dest, expected):
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part")
-    h = hashlib.sha256()
-    try:
-        # O_EXCL: never follow or clobber an existing file; mode 0o666 lets the umask decide
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        with os.fdopen(fd, "wb") as out:
-            with closing(_open(url, opener, timeout)) as src:
-                for block in iter(lambda: src.read(chunk_size), b""):
-                    h.update(block)
-                    out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
+    def fetch(out) -> None:   # hash while streaming; a mismatch raises before the rename
+        h = hashlib.sha256()
+        with closing(_open(url, opener, timeout)) as src:
+            for block in iter(lambda: src.read(chunk_size), b""):
+                h.update(block)
+                out.write(block)
         got = h.hexdigest()
         if got != expected:
             raise ChecksumError(url, expected, got)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+
+    atomic_write(dest, fetch)
     return dest

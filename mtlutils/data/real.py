@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..paths import data_root
+
 __all__ = ["DatasetNotFoundError", "InvalidSampleError", "ValidationReport", "NYUv2", "CityScapes", "UTKFace",
            "parse_utkface_name", "utkface_split_indices", "check_image", "check_labels", "check_depth",
            "check_normals", "NORMAL_TOLERANCE", "UTKFACE_AGE_RANGE"]
@@ -290,8 +292,6 @@ def _resolve_root(root: str | os.PathLike | None, folder: str) -> Path:
     """``root`` as given, else ``data_root()/folder``."""
     if root is not None:
         return Path(root).expanduser()
-    from mtlutils.data import data_root
-
     return data_root() / folder
 
 

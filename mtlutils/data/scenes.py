@@ -38,8 +38,6 @@ import colorsys
 import hashlib
 import json
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -48,6 +46,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..fileio import atomic_write
+from ..paths import data_root
 from .tensors import TensorTasks
 
 FORMAT_VERSION = 1
@@ -464,8 +464,6 @@ def render_scenes(n: int, size: tuple[int, int] = (64, 64), seed: int = 0, split
 # -------------------------------------------------------------------------------------------- cache
 
 def _cache_path(key: dict[str, Any]) -> Path:
-    from mtlutils.data import data_root
-
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return data_root() / "cache" / f"scenes-{digest}.pt"
 
@@ -490,18 +488,11 @@ def _load_cache(path: Path, key: dict[str, Any]) -> dict[str, torch.Tensor] | No
 
 
 def _save_cache(path: Path, key: dict[str, Any], arrays: dict[str, torch.Tensor]) -> None:
-    """Write atomically (temporary file + ``os.replace``); failure to write only warns."""
-    tmp = None
+    """Write atomically (:func:`mtlutils.fileio.atomic_write`); failure to write only warns."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".scenes-", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            torch.save({"key": json.dumps(key, sort_keys=True), **arrays}, fh)
-        os.replace(tmp, path)
+        atomic_write(path, lambda fh: torch.save({"key": json.dumps(key, sort_keys=True), **arrays}, fh))
     except OSError as err:
         warnings.warn(f"could not write the scenes cache {path}: {err}", RuntimeWarning, stacklevel=3)
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 # ------------------------------------------------------------------------------------------ dataset

@@ -17,7 +17,8 @@ A config file (see ``experiments/*.toml``) holds
   of the last N epochs' validation metrics, as the MTAN paper averages its last 10 epochs);
 * ``[models.<name>]`` (optional): ``arch`` plus ``options`` passed to ``models.create`` and ``train``
   overrides; a grid entry that names an architecture directly needs no section;
-* ``[grid]``: lists ``data``, ``models``, ``weightings``, ``seeds``; models listed in ``single_task``
+* ``[grid]``: lists ``data``, ``models``, ``weightings``, ``seeds``; ``keep_models`` (globs over run ids)
+  names the runs whose trained weights are kept beside their result (for figures of trained models); models listed in ``single_task``
   (default ``["single", "stan"]``) run with ``equal`` weighting only, since a weighting of one loss per
   network changes nothing but the learning-rate scale; if ``weighted_models`` is given, only those models
   run with every weighting and the others with ``equal`` only (a smaller grid);
@@ -44,12 +45,13 @@ from ..data.builders import DATA_KINDS, build_data, input_channels
 from ..tables import cell_runs, deltas_per_run, metric_columns, runs_frame, summarise, verdict
 from .config import (DEFAULT_TRAIN, ConfigError, Run, config_hash, grid, load_config, run_config,
                      validate)
-from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, is_done, load_results,
-                     make_loaders, protocol_metrics, read_result, run_grid, write_result)
+from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, is_done, keeps_model, load_model,
+                     load_results, make_loaders, model_path, protocol_metrics, read_result, run_grid,
+                     write_result)
 from .. import distributed
 
 __all__ = ["DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "metric_columns",
            "runs_frame", "summarise", "verdict", "DEFAULT_TRAIN", "ConfigError", "Run", "config_hash", "grid",
            "load_config", "run_config", "validate", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
-           "execute", "is_done", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",
+           "execute", "is_done", "keeps_model", "load_model", "model_path", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",
            "write_result", "distributed"]

@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .. import distributed
+from .. import distributed, paths
 from ..config import PROFILES
 from . import __doc__ as DOC
 from .config import ConfigError, grid, load_config, run_config
-from .runner import REPO, aggregate, is_done, run_grid
+from .runner import aggregate, is_done, run_grid
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -24,10 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         p = sub.add_parser(name, help=text)
         p.add_argument("configs", nargs="+", type=Path, help="experiment config files (TOML)")
         p.add_argument("--profile", choices=PROFILES, default=None, help="default: $MTL_PROFILE or 'full'")
-        p.add_argument("--results", type=Path, default=None, help="results root (default: results/)")
+        p.add_argument("--results", type=Path, default=None, help="results root (default: $MTL_RESULTS or results/)")
         if name == "run":
             p.add_argument("--only", default=None, help="glob over run ids, e.g. '*__mtan__*'")
-            p.add_argument("--checkpoints", type=Path, default=None, help="default: checkpoints/")
+            p.add_argument("--checkpoints", type=Path, default=None, help="default: $MTL_CHECKPOINTS or checkpoints/")
             p.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     try:
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             elif args.command == "aggregate":
                 aggregate(cfg, args.results)
             else:
-                root = (args.results or REPO / "results") / cfg["name"] / "runs"
+                root = (args.results or paths.results_root()) / cfg["name"] / "runs"
                 for run in grid(cfg):
                     done = is_done(root / f"{run.id}.json", run_config(cfg, run))
                     print(f"{'done' if done else 'todo'}  {run.id}")

@@ -65,11 +65,11 @@ TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
 }
 TRAIN_KEYS = {"epochs": "int>=1", "batch_size": "int>=1", "lr": "num>0", "optimizer": tuple(OPTIMIZERS),
               "weight_decay": "num>=0", "scheduler": tuple(SCHEDULERS), "width": "num>0", "last_epochs": "int>=1",
-              "grad_clip": "num>0", "train_metrics": "bool"}
+              "grad_clip": "num>0", "train_metrics": "bool", "precision": ("fp32", "bf16", "fp16", "auto")}
 TOP_KEYS = {"name": "name", "description": "str", "baseline": "str", "data": "table", "train": "table",
             "models": "table", "grid": "table", "weighting_options": "table", "profile": "table"}
 GRID_KEYS = {"data": "strings", "models": "strings", "weightings": "strings", "seeds": "seeds",
-             "single_task": "strings", "weighted_models": "strings"}
+             "single_task": "strings", "weighted_models": "strings", "keep_models": "strings"}
 MODEL_KEYS = {"arch": "str", "options": "table", "train": "table"}
 
 

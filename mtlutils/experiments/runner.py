@@ -21,14 +21,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .. import distributed, provenance
+from .. import distributed, paths, provenance
 from .. import weighting as W
 from ..config import seed_everything
 from ..data.builders import build_data, input_channels
-from ..fileio import Busy, atomic_write_text, exclusive
+from ..fileio import Busy, atomic_write, atomic_write_text, exclusive
 from .config import Run, config_hash, grid, run_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = paths.PACKAGE.parent   # the checkout whose git commit a result names
 RESULT_FORMAT = 2   # 2: with the machine fingerprint (mtlutils.provenance)
 # pin the code and commit this process runs now: edits or commits made while it trains are not its own
 provenance.code_hash(), provenance.git_commit(REPO)
@@ -72,12 +72,26 @@ def checkpoint_path(checkpoints: Path, run: Run, resolved: Mapping[str, Any]) ->
     return checkpoints / f"{run.id}.{config_hash(resolved)}.pt"
 
 
+def keeps_model(cfg: Mapping[str, Any], run: Run) -> bool:
+    """True if the grid's ``keep_models`` (globs over run ids) asks to keep this run's trained weights."""
+    import fnmatch
+
+    return any(fnmatch.fnmatch(run.id, pattern) for pattern in cfg["grid"].get("keep_models", []))
+
+
+def model_path(results: Path, run: Run) -> Path:
+    """Where a kept model's weights live: ``results/<grid>/models/<run id>.pt``."""
+    return results / "models" / f"{run.id}.pt"
+
+
 def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, device: torch.device,
             command: str, progress: bool = True, callbacks: Sequence[Any] = ()) -> dict[str, Any]:
     """Train one run (resuming from its checkpoint) and write its result file; returns the result.
 
     A run whose training loss or validation metrics become non-finite is recorded with ``status``
-    ``"diverged"`` (and no metrics). ``callbacks`` are passed to :func:`~mtlutils.train.fit`."""
+    ``"diverged"`` (and no metrics). ``callbacks`` are passed to :func:`~mtlutils.train.fit`. A run named
+    by the grid's ``keep_models`` also writes its trained weights (:func:`model_path`; their SHA-256 in the
+    result file as ``model_sha256``), for the chapters' figures of trained models (:func:`load_model`)."""
     from ..models import count_parameters, create
     from ..train import NonFiniteLossError, fit, remove_checkpoint
 
@@ -100,7 +114,8 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
                       weight_decay=float(train_cfg["weight_decay"]), scheduler=_scheduler(train_cfg),
                       val_data=val_loader, device=device, seed=run.seed, checkpoint=checkpoint, resume=True,
                       progress=progress, label=run.id, grad_clip=train_cfg.get("grad_clip"),
-                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks)
+                      train_metrics=bool(train_cfg.get("train_metrics", True)), callbacks=callbacks,
+                      precision=train_cfg.get("precision", "fp32"))
     except NonFiniteLossError as err:  # a result too (the cross-stitch paper's "higher rates diverged")
         status, error, history = "diverged", str(err), err.history
     wall = time.perf_counter() - began
@@ -113,6 +128,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
         "format": RESULT_FORMAT, "run": run.id, "experiment": cfg["name"], "command": command,
         "config": resolved, "config_hash": config_hash(resolved), "git_commit": provenance.git_commit(REPO),
         "seed": run.seed, "device": str(device), "processes": distributed.world()[1],
+        "precision": history.precision,
         "threads": torch.get_num_threads(),
         "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
         "versions": provenance.versions(), "wall_time_s": round(wall, 2),
@@ -122,6 +138,15 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     if distributed.is_main():
+        if status == "finished" and keeps_model(cfg, run):
+            from ..data.download import file_sha256
+
+            inner = distributed.unwrap(model)
+            path = model_path(results, run)
+            atomic_write(path, lambda handle: torch.save({"run": run.id, "config_hash": result["config_hash"],
+                                                         "state_dict": inner.state_dict()}, handle))
+            result["model_file"] = str(path.relative_to(results))
+            result["model_sha256"] = file_sha256(path)
         write_result(results / "runs" / f"{run.id}.json", result)
         remove_checkpoint(checkpoint)   # the result holds everything; a stale checkpoint can never resume
     return result
@@ -162,12 +187,12 @@ def _duration(seconds: float) -> str:
 def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoint_root: Path | None = None,
              only: str | None = None, progress: bool = True, command: str | None = None) -> list[Path]:
     """Run every unfinished run of the grid (those matching the glob ``only``); returns the result files
-    that exist afterwards. Prints one line per run and an estimate of the time left (from this
-    invocation's mean seconds per trained run)."""
+    that exist afterwards. Prints one line per run and an estimate of the time left (this invocation's
+    seconds per trained epoch times the epochs left)."""
     import fnmatch
 
-    results = (results_root or REPO / "results") / cfg["name"]
-    checkpoints = (checkpoint_root or REPO / "checkpoints") / cfg["name"]
+    results = (results_root or paths.results_root()) / cfg["name"]
+    checkpoints = (checkpoint_root or paths.checkpoints_root()) / cfg["name"]
     device = distributed.setup()
     command = command or " ".join(shlex.quote(a) for a in [Path(sys.executable).name, "-m", "mtlutils.experiments",
                                                              *sys.argv[1:]])
@@ -177,7 +202,8 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
     todo = [r for r in runs if not is_done(results / "runs" / f"{r.id}.json", run_config(cfg, r))]
     say(f"{cfg['name']}: {len(runs)} run(s), {len(runs) - len(todo)} done, {len(todo)} to train; profile "
         f"{cfg['profile']}, {distributed.world()[1]} process(es), device {device}", flush=True)
-    trained_seconds, trained = 0.0, 0
+    trained_seconds, trained_epochs = 0.0, 0
+    epochs = {r: int(run_config(cfg, r)["train"]["epochs"]) for r in todo}
     for k, run in enumerate(runs, start=1):
         path = results / "runs" / f"{run.id}.json"
         if run not in todo:
@@ -199,20 +225,53 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
                 continue
             say(f"{tag}: training", flush=True)
             result = execute(cfg, run, results, checkpoints, device, command, progress)
-        trained_seconds, trained = trained_seconds + result["wall_time_s"], trained + 1
-        left = sum(1 for r in todo[todo.index(run) + 1:])
+        trained_seconds += result["wall_time_s"]
+        trained_epochs += epochs[run]
+        rest = todo[todo.index(run) + 1:]
+        left, left_epochs = len(rest), sum(epochs[r] for r in rest)
         outcome = ", ".join(f"{m} {v:.4g}" for m, v in result["metrics"].items()) or result["error"]
         say(f"{tag}: {result['status']} in {result['wall_time_s']:.0f} s: {outcome}", flush=True)
-        if left:
-            say(f"[{cfg['name']}] {left} run(s) left, about {_duration(left * trained_seconds / trained)}",
+        if left:   # from this invocation's seconds per epoch (models differ in cost: a rough guide)
+            say(f"[{cfg['name']}] {left} run(s) left, about "
+                f"{_duration(left_epochs * trained_seconds / max(trained_epochs, 1))} at this process's pace",
                 flush=True)
         written.append(path)
     return written
 
 
+def load_model(cfg: Mapping[str, Any], run_id: str, results_root: Path | None = None,
+               device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The trained model a grid kept for ``run_id`` and its result: rebuilt from the result's settings,
+    its weights checked against the SHA-256 the result records and against the run's current settings
+    (a stale or foreign file raises a ``ValueError`` that names it). The model is in eval mode."""
+    from ..data.download import file_sha256
+    from ..models import create
+
+    run = next((r for r in grid(cfg) if r.id == run_id), None)
+    if run is None:
+        raise ValueError(f"grid {cfg['name']!r} has no run {run_id!r}")
+    results = (results_root or paths.results_root()) / cfg["name"]
+    result = read_result(results / "runs" / f"{run_id}.json", run_config(cfg, run))
+    if result is None or "model_file" not in result:
+        raise ValueError(f"no kept model for {run_id!r} under {results}: the grid's keep_models must name it "
+                         f"and the run must have finished with the current settings (make reproduce)")
+    path = results / result["model_file"]
+    if not path.is_file() or file_sha256(path) != result["model_sha256"]:
+        raise ValueError(f"{path} is missing or does not match the SHA-256 in its result file: run the grid again")
+    state = torch.load(path, map_location=device, weights_only=True)
+    if state.get("config_hash") != result["config_hash"]:
+        raise ValueError(f"{path} was trained with other settings than {run_id!r} has now")
+    resolved = result["config"]
+    train_set, _, tasks = build_data(resolved["data"])   # the tasks (and input channels) of the run
+    model = create(resolved["arch"], tasks, width=resolved["train"]["width"],
+                   **{"in_channels": input_channels(train_set), **resolved["options"]})
+    model.load_state_dict(state["state_dict"])
+    return model.to(device).eval(), result
+
+
 def load_results(cfg: Mapping[str, Any], results_root: Path | None = None) -> list[dict[str, Any]]:
     """The result files of a config's grid that exist and match its current settings."""
-    results = (results_root or REPO / "results") / cfg["name"] / "runs"
+    results = (results_root or paths.results_root()) / cfg["name"] / "runs"
     found = (read_result(results / f"{run.id}.json", run_config(cfg, run)) for run in grid(cfg))
     return [result for result in found if result is not None]
 
@@ -224,7 +283,7 @@ def aggregate(cfg: Mapping[str, Any], results_root: Path | None = None) -> Path:
     results = load_results(cfg, results_root)
     expected = len(grid(cfg))
     table = summarise(results, cfg.get("baseline", "single"))
-    out = (results_root or REPO / "results") / cfg["name"] / "summary.csv"
+    out = (results_root or paths.results_root()) / cfg["name"] / "summary.csv"
     atomic_write_text(out, table.to_csv(index=False, float_format="%.8g"))
     print(f"{cfg['name']}: {len(results)}/{expected} runs summarised -> {out}")
     return out

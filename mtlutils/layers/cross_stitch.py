@@ -1,4 +1,4 @@
-"""The cross-stitch unit of Misra et al. (CVPR 2016), papers.md §1.
+"""The cross-stitch unit of Misra et al. (CVPR 2016).
 
 At a stitch point, each of the T task networks has produced activations ``x_j`` of shape
 ``(N, C, *spatial)``. The unit mixes them linearly, separately at every location:
@@ -28,6 +28,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 GRANULARITIES = ("channel", "layer")
 
@@ -73,7 +74,9 @@ class CrossStitchFunction(torch.autograd.Function):
 
     ``CrossStitchFunction.apply(alpha, x_1, ..., x_T) -> (x̃_1, ..., x̃_T)`` with ``alpha`` of shape
     ``(T, T)`` (per layer) or ``(T, T, C)`` (per channel) and every ``x_j`` of shape ``(N, C, *spatial)``.
-    No autograd runs inside: the backward is the two formulas.
+    No autograd runs inside: the backward is the two formulas, and it is not itself differentiable
+    (``once_differentiable``: a second derivative, e.g. a gradient penalty, raises an error; use
+    ``CrossStitch(..., autograd=True)`` for that).
     """
 
     @staticmethod
@@ -83,6 +86,7 @@ class CrossStitchFunction(torch.autograd.Function):
         return tuple(mix(alpha, xs))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         alpha, *xs = ctx.saved_tensors
         t, ndim = len(xs), xs[0].dim()

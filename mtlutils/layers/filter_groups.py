@@ -1,4 +1,4 @@
-"""Stochastic filter groups (Bragman et al., ICCV 2019; papers.md §3), generalised to T tasks.
+"""Stochastic filter groups (Bragman et al., ICCV 2019), generalised to T tasks.
 
 Every output kernel ``k`` of a convolution belongs to one of ``T + 1`` groups: a specialist group per task
 (indices ``0 .. T-1``) or the shared group (index ``T``, :func:`shared_index`). Routing (the paper's
@@ -257,14 +257,16 @@ class FilterGroupConv(nn.Module):
             raise RuntimeError("this layer has a fixed grouping; it has no logits")
         return self.group_logits
 
-    def share_logits(self, bank: nn.Parameter, start: int) -> None:
+    def share_logits(self, bank: nn.Parameter, start: int, copy: bool = True) -> None:
         """Keep this layer's logits as rows ``start : start + C_out`` of ``bank``, a parameter owned by the
         network, instead of a parameter of its own: one tensor for all layers means one optimiser update
-        and one sampling call per step instead of one per layer. Values are copied into the bank."""
+        and one sampling call per step instead of one per layer. Values are copied into the bank, unless
+        ``copy`` is false (a layer tied to rows that another layer already owns)."""
         if not self.learnable:
             raise RuntimeError("this layer has a fixed grouping; there are no logits to share")
-        with torch.no_grad():
-            bank.narrow(0, start, self.out_channels).copy_(self.logits)
+        if copy:
+            with torch.no_grad():
+                bank.narrow(0, start, self.out_channels).copy_(self.logits)
         del self.group_logits
         self.group_logits = None
         self._shared_logits = (bank, start)

@@ -1,9 +1,11 @@
-"""Cross-stitch networks (Misra et al., CVPR 2016; papers.md §1): one network per task, and between them
-cross-stitch units (:class:`mtlutils.layers.CrossStitch`) that linearly mix their activations.
+"""Cross-stitch networks (Misra et al., CVPR 2016): one network per task, and between them cross-stitch
+units (:class:`mtlutils.layers.CrossStitch`) that linearly mix their activations.
 
 Built from the backbone's own pieces: every task network is an ordinary trunk of the backbone, run as a
 generator (``trunk.run_stitched``) that stops at each stitch point, so the networks advance in lock-step
-and the units mix their features in between. Heads stay task-specific (as the paper's fc8).
+and the units mix their features in between. A head with a hidden fully-connected layer (the VGG
+backbone's) is stitched after that layer in the paper's placement; the output layer stays task-specific
+(as the paper's fc8).
 
 Options: see :class:`CrossStitchNetwork`. Start from trained single-task networks (the paper's protocol)
 with :meth:`CrossStitchNetwork.load_single`.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -35,13 +36,16 @@ class CrossStitchNetwork(MultiTaskModel):
 
     Options (keywords of ``models.create("cross_stitch", tasks, ...)``):
 
-    * ``stitch``: where the units go. ``"stage"`` (default): after every pooling stage, the paper's
-      placement (pool1, pool2, pool5, fc6, fc7 in AlexNet); on SegNet after every encoder stage's pooling
+    * ``stitch``: where the units go. ``"stage"`` (default): the paper's placement, after every pooling
+      and every hidden fully-connected layer (pool1, pool2, pool5, fc6, fc7 in AlexNet);
+      on the VGG backbone after every pooling stage and after the head's hidden fully-connected layer
+      (point ``"fc"``: this backbone's fc6/fc7); on SegNet after every encoder stage's pooling
       **and** at the end of every decoder stage (the decoder stages play the role of the paper's
       fully-connected layers: the last shared layers before the task-specific output; an unpooled map is
       sparse, with the non-zeros where *its* network's pooling put them, so we do not mix right after
-      unpooling). ``"conv"``: after every conv unit (tried in the paper and found worse; the SFG
-      paper's baseline: ``create("cross_stitch", tasks, backbone="vgg", width=0.5, stitch="conv")``).
+      unpooling). ``"conv"``: after every conv unit only (tried in the paper and found worse; the SFG
+      paper's baseline, whose VGG has no hidden fully-connected layer:
+      ``create("cross_stitch", tasks, backbone="vgg", width=0.5, stitch="conv")``).
     * ``granularity``: ``"channel"`` (default; one T×T matrix per channel, the paper's choice for
       segmentation + normals) or ``"layer"`` (one T×T matrix per unit).
     * ``alpha_init``: ``(α_S, α_D)``, default ``(0.9, 0.1)``, the paper's best (Table 1). With T > 2 tasks
@@ -69,6 +73,10 @@ class CrossStitchNetwork(MultiTaskModel):
         self.heads = nn.ModuleDict({name: make_head(trunks[name].out_features, task)
                                     for name, task in tasks.items()})
         points = first.stitch_points(stitch)
+        hidden = getattr(next(iter(self.heads.values())), "hidden_features", None)
+        self.stitch_head = stitch == "stage" and hidden is not None  # the paper's fc6/fc7 units
+        if self.stitch_head:
+            points = points + [("fc", hidden)]
         self.stitch, self.granularity = stitch, granularity
         self.alpha_init, self.alpha_lr_mult = (float(alpha_init[0]), float(alpha_init[1])), float(alpha_lr_mult)
         self.point_names = [name for name, _ in points]
@@ -78,11 +86,16 @@ class CrossStitchNetwork(MultiTaskModel):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         self.check_input(x)
         runs = [self.trunks[name].run_stitched(x, self.stitch) for name in self.tasks]
+        trunk_units = self.units[:len(self.units) - self.stitch_head]
         features = [next(run) for run in runs]
-        for unit in self.units[:-1]:
+        for unit in trunk_units[:-1]:
             features = [run.send(f) for run, f in zip(runs, unit(features))]
-        features = [_finish(run, f) for run, f in zip(runs, self.units[-1](features))]
-        return {name: self.heads[name](f) for name, f in zip(self.tasks, features)}
+        features = [_finish(run, f) for run, f in zip(runs, trunk_units[-1](features))]
+        heads = [self.heads[name] for name in self.tasks]
+        if not self.stitch_head:
+            return {name: head(f) for name, head, f in zip(self.tasks, heads, features)}
+        hidden = self.units[-1]([head.hidden(f) for head, f in zip(heads, features)])
+        return {name: head.output(h) for name, head, h in zip(self.tasks, heads, hidden)}
 
     # ------------------------------------------------------------------------------------- training
     def alpha_parameters(self) -> list[nn.Parameter]:
@@ -118,12 +131,14 @@ class CrossStitchNetwork(MultiTaskModel):
         return self
 
     # ------------------------------------------------------------------------------------- analysis
-    def alpha_table(self) -> pd.DataFrame:
+    def alpha_table(self) -> "pd.DataFrame":
         """Mean α_S and α_D per stitch point and task (α_D: the weight taken from all other tasks).
 
         Columns: ``point`` (its name), ``depth`` (0, 1, ... in network order), ``task``, ``alpha_S``,
         ``alpha_D``; per-channel values are averaged over the channels.
         """
+        import pandas as pd
+
         rows = []
         for depth, (point, unit) in enumerate(zip(self.point_names, self.units)):
             same, diff = unit.same_and_diff()

@@ -1,4 +1,4 @@
-"""SegNet (Badrinarayanan et al.), as in the MTAN authors' reference code (papers.md §2.1).
+"""SegNet (Badrinarayanan et al.), as in the MTAN authors' reference code.
 
 Encoder: five VGG-16 stages of 2, 2, 3, 3, 3 conv units (3x3 conv with bias, batch norm, ReLU) with
 widths 64-128-256-512-512, each followed by 2x2 max pooling that keeps its indices. Decoder, mirrored:
@@ -9,7 +9,8 @@ Xavier-normal initialisation. One 13-class single-task SegNet has 24,981,069 par
 Options used by the baselines of the MTAN tables: ``width`` (channel multiplier, for CPU runs),
 ``wide`` (last stage twice as wide: Split-Wide), ``deep`` (every conv unit doubled: Split-Deep) and
 ``side_channels`` (extra input channels at the start of every stage but the first: the task networks of
-Dense, which read ``[task features ; shared features]``).
+Dense, which read ``[task features ; shared features]``; as in the authors' code their last decoder stage
+keeps the doubled width until its last unit, 128->128->64).
 """
 from __future__ import annotations
 
@@ -32,14 +33,16 @@ ENCODER_UNITS = (2, 2, 3, 3, 3)
 DECODER_UNITS = (2, 2, 3, 3, 3)  # per stage, listed from full resolution (stage 0) to the deepest
 
 
-def _stage(c_in: int, c_out: int, units: int, deep: bool) -> nn.Sequential:
-    """``units`` conv units c_in->c_out->...->c_out; ``deep`` doubles every unit."""
+def _stage(c_in: int, c_out: int, units: int, deep: bool, narrow_last: bool = False) -> nn.Sequential:
+    """``units`` conv units c_in->c_out->...->c_out; ``deep`` doubles every unit. ``narrow_last``: the
+    units keep the input width and only the last one narrows, c_in->...->c_in->c_out (the last decoder
+    stage of the Dense task networks in the MTAN authors' code, 128->128->64)."""
+    widths = [c_in] * units + [c_out] if narrow_last else [c_in] + [c_out] * units
     layers = []
-    for i in range(units):
-        first_in = c_in if i == 0 else c_out
-        layers.append(conv_unit(first_in, c_out))
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers.append(conv_unit(a, b))
         if deep:
-            layers.append(conv_unit(c_out, c_out))
+            layers.append(conv_unit(b, b))
     return nn.Sequential(*layers)
 
 
@@ -80,7 +83,8 @@ class SegNetTrunk(nn.Module):
         self.decoder = nn.ModuleList()  # index 0 = deepest stage
         for k, s in enumerate(range(len(w) - 1, -1, -1)):
             c_out = w[s - 1] if s > 0 else w[0]
-            self.decoder.append(_stage(w[s] + side[4 + k], c_out, DECODER_UNITS[s], deep))
+            narrow_last = s == 0 and side[4 + k] > 0  # Dense task network, full resolution
+            self.decoder.append(_stage(w[s] + side[4 + k], c_out, DECODER_UNITS[s], deep, narrow_last))
         self.pool = nn.MaxPool2d(2, 2, return_indices=True)
         self.unpool = nn.MaxUnpool2d(2, 2)
         self.out_features = w[0]
@@ -146,6 +150,16 @@ class SegNetTrunk(nn.Module):
             if not conv:
                 x = yield x
         return x
+
+    def unpooling_ties(self) -> list[tuple[nn.Conv2d, nn.Conv2d]]:
+        """``(encoder conv, decoder conv)`` pairs whose channels max unpooling ties: channel ``c`` of the
+        decoder conv's output is put back at the positions where channel ``c`` of the encoder conv's output
+        had its maxima (the last conv of encoder stage ``s`` and the last conv of the decoder stage that
+        feeds the unpooling with stage ``s``'s indices). The deepest unpooling reuses the indices of the
+        very tensor it unpools, so it ties nothing."""
+        last = lambda stage: stage[-1][0]  # noqa: E731  the conv of a stage's last unit
+        deepest = len(self.encoder) - 1
+        return [(last(self.encoder[deepest - k]), last(self.decoder[k - 1])) for k in range(1, len(self.decoder))]
 
     def stage_inputs(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Features and the inputs of the 9 stages that can take side inputs."""

@@ -133,15 +133,28 @@ class VGGTrunk(nn.Module):
 
 
 class MLPHead(nn.Module):
-    """Task head of an image-level task: Linear, ReLU, Linear to the task's outputs, then its activation."""
+    """Task head of an image-level task: Linear, ReLU, Linear to the task's outputs, then its activation.
+
+    ``forward(f) = output(hidden(f))``: the two halves are separate so that soft sharing can stitch the
+    hidden fully-connected layer (``hidden_features`` wide), as cross-stitch networks do with fc6 and fc7.
+    """
 
     def __init__(self, in_features: int, task: Task, hidden: int = 64) -> None:
         super().__init__()
         self.task = task
+        self.hidden_features = hidden
         self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, task.out_channels))
         if task.output_bias is not None:   # start at the training mean (no random numbers drawn)
             nn.init.constant_(self.net[-1].bias, task.output_bias)
 
+    def hidden(self, features: torch.Tensor) -> torch.Tensor:
+        """The hidden layer's activations ``(N, hidden_features)``: Linear, then ReLU."""
+        return self.net[1](self.net[0](features))
+
+    def output(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The prediction from the hidden activations: the output Linear, then the task's activation."""
+        return self.task.activate(self.net[2](hidden))
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.task.activate(self.net(features))
+        return self.output(self.hidden(features))

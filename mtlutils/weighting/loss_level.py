@@ -7,7 +7,7 @@ from typing import Iterable, Mapping
 import torch
 from torch import nn
 
-from ..tasks import Task
+from ..tasks import KINDS, Task
 from .base import Weighting
 
 
@@ -24,8 +24,9 @@ class EqualWeighting(Weighting):
 
 # ---------------------------------------------------------------------------------------------------
 # Uncertainty weighting (Kendall, Gal, Cipolla, CVPR 2018), in the MTAN reference code's form and per kind
-REGRESSION_KINDS = ("regress", "depth", "normal")
-CLASSIFICATION_KINDS = ("class", "seg")
+# from the table of task kinds: labels -> the classification form, everything else the regression form
+REGRESSION_KINDS = tuple(k for k, v in KINDS.items() if not v.labels)
+CLASSIFICATION_KINDS = tuple(k for k, v in KINDS.items() if v.labels)
 
 
 class UncertaintyWeighting(Weighting):

@@ -1,0 +1,31 @@
+"""Cross-run tables: the plateau criterion and the last-quarter gain, on hand-made histories."""
+import pytest
+
+from mtlutils import tables
+
+
+def _history(values_miou, values_err):
+    return [{"epoch": i + 1, "val/seg/miou": m, "val/depth/abs_err": e, "val/seg/loss": 1.0}
+            for i, (m, e) in enumerate(zip(values_miou, values_err))]
+
+
+def test_last_quarter_gain_is_signed_by_the_metric_direction():
+    h = _history([10, 20, 30, 40, 50, 50, 51, 52], [1.0, 0.9, 0.8, 0.7, 0.6, 0.6, 0.6, 0.5])
+    gains = tables.last_quarter_gain(h)       # 8 epochs: from the end of epoch 6 to the end of epoch 8
+    assert gains["seg/miou"] == pytest.approx(100 * 2 / 50)
+    assert gains["depth/abs_err"] == pytest.approx(100 * 0.1 / 0.6)    # an error that fell is a gain
+    assert "seg/loss" not in gains
+
+
+def test_plateau_holds_only_when_every_metric_gains_less_than_the_threshold():
+    def run(seed, miou):
+        return {"config": {"model": "single", "weighting": "equal", "data_name": "d"}, "seed": seed,
+                "status": "finished", "history": _history(miou, [1.0] * len(miou))}
+
+    flat = run(0, [10, 20, 30, 30.1])
+    rising = run(1, [10, 20, 30, 33])
+    table = tables.plateau([flat, rising], "single")
+    assert table.loc[("d", 0), "plateau"] and not table.loc[("d", 1), "plateau"]
+    assert table.loc[("d", 1), "largest gain metric"] == "seg/miou"
+    with pytest.raises(ValueError, match="no finished run"):
+        tables.plateau([flat], "mtan")
