@@ -668,3 +668,305 @@ def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckRes
             return _report(CheckResult(name, False, f"A = {a_mean} ± {a_std}, B = {b_mean} ± {b_std} ({kind} is "
                                                     f"better): expected {expected!r}, got {shown[:80]}"), verbose)
     return _report(CheckResult(name, True, f"all {len(cases)} cases, both directions and the boundary"), verbose)
+
+
+# ---------------------------------------------------------------------------------------------------
+# chapter 7: balancing the tasks
+class _Watch:
+    """Records calls of the package's own implementations while the student's code runs.
+
+    A profile hook sees every Python call; a call whose code object is one of the watched functions' is
+    recorded, whatever name or alias the student reached it by (``solvers.min_norm_two``, a
+    ``from ... import`` made earlier, a method of a weighting). The previous hook is restored after."""
+
+    def __init__(self, functions: Mapping[str, Callable[..., Any]]) -> None:
+        self.codes = {getattr(f, "__code__", None): label for label, f in functions.items()}
+        self.codes.pop(None, None)
+        self.called: list[str] = []
+
+    def __enter__(self) -> "_Watch":
+        import sys
+
+        self._previous = sys.getprofile()
+
+        def hook(frame: Any, event: str, arg: Any) -> None:
+            if event == "call" and frame.f_code in self.codes:
+                self.called.append(self.codes[frame.f_code])
+
+        sys.setprofile(hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import sys
+
+        sys.setprofile(self._previous)
+
+
+def _watched_run(name: str, watch: _Watch, call: Callable[[], Any]) -> tuple[Any, CheckResult | None]:
+    """:func:`_run` while ``watch`` records calls of the package's implementations; a call is a FAIL."""
+    with watch:
+        got, failure = _run(name, call)
+    if watch.called:
+        return None, CheckResult(name, False, f"calls the package's {watch.called[0]}: the exercise is to write "
+                                              f"it yourself from the equation")
+    return got, failure
+
+
+def _as_vector(name: str, got: Any, length: int, what: str) -> tuple[torch.Tensor | None, CheckResult | None]:
+    """The student's result as a float64 vector of ``length`` entries, or the FAIL that says why not."""
+    if not isinstance(got, torch.Tensor):
+        return None, CheckResult(name, False, f"must return a tensor of {what}, got {_describe(got)}; expected "
+                                              f"a tensor of shape ({length},)")
+    if got.shape != (length,):
+        return None, CheckResult(name, False, f"must return a tensor of {what}, got shape {tuple(got.shape)}; "
+                                              f"expected shape ({length},)")
+    if not (got.is_floating_point()):
+        return None, CheckResult(name, False, f"must return floating-point {what}, got dtype {got.dtype}")
+    if _non_finite(got) is not None:
+        return None, _not_finite_result(name, what, f"{length} finite values")
+    return got.detach().double(), None
+
+
+def _reference_min_norm_two(g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor | None:
+    """α₁ of the point of the segment [g₁, g₂] nearest to 0; None when g₁ = g₂ (every α is)."""
+    diff = g1 - g2
+    denom = float(diff @ diff)
+    if denom == 0.0:
+        return None
+    return torch.tensor(min(1.0, max(0.0, float((g2 - g1) @ g2) / denom)), dtype=torch.float64)
+
+
+# hand-computed cases of the two-task min-norm problem: (g1, g2, α1), α1 from the closed form
+# α1 = clip((g2 - g1)·g2 / |g1 - g2|², 0, 1); None: g1 = g2, any α on the simplex is the minimum
+_MIN_NORM_TWO_CASES = [
+    ((1.0, 0.0), (0.0, 1.0), 0.5),          # orthogonal, equal norms: the midpoint
+    ((2.0, 0.0), (0.0, 1.0), 0.2),          # (1 - 0) / (4 + 1)
+    ((1.0, -1.0), (-1.0, 0.5), 0.44),       # conflicting: (1.25 + 1.5) / 6.25
+    ((1.0, 0.0), (3.0, 0.0), 1.0),          # (9 - 3) / 4 = 1.5, clipped to 1: g1 itself
+    ((3.0, 1.0), (1.0, 0.0), 0.0),          # (1 - 3) / 5 = -0.4, clipped to 0: g2 itself
+    ((0.0, 0.0), (1.0, 1.0), 1.0),          # a zero gradient is the min-norm point
+    ((1.0, 2.0), (1.0, 2.0), None),         # identical gradients: 0 / 0 must not become NaN
+]
+
+
+@_never_crash("a tensor (α1, α2) of shape (2,) on the simplex")
+def check_min_norm_two(min_norm_two: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], verbose: bool = True,
+                       seed: int = 0) -> CheckResult:
+    """Chapter 7 exercise: MGDA's two-task closed form, ``min_norm_two(g1, g2) -> (α₁, α₂)``.
+
+    ``α₁ g₁ + α₂ g₂`` must be the point of the segment between the two gradients nearest to the origin:
+    ``α₁ = clip((g₂ − g₁)·g₂ / ‖g₁ − g₂‖², 0, 1)``, ``α₂ = 1 − α₁`` (Sener & Koltun 2018, Algorithm 1).
+    Checked on hand-computed cases (both clips, a zero gradient, identical gradients) and 40 random pairs
+    of float64 vectors; calling the package's solver (``mtlutils.weighting.solvers``) is a FAIL.
+    """
+    from .weighting import MGDA, solvers
+
+    name = "check_min_norm_two"
+    watch = _Watch({"solvers.min_norm_two": solvers.min_norm_two, "solvers.min_norm": solvers.min_norm,
+                    "solvers._two_point": solvers._two_point, "MGDA.weights_from": MGDA.weights_from,
+                    "MGDA.combine_gradients": MGDA.combine_gradients})
+    gen = torch.Generator().manual_seed(seed)
+    cases = [(torch.tensor(a, dtype=torch.float64), torch.tensor(b, dtype=torch.float64),
+              None if alpha is None else torch.tensor(alpha, dtype=torch.float64), "hand-computed")
+             for a, b, alpha in _MIN_NORM_TWO_CASES]
+    for i in range(40):
+        dim = (2, 7, 50)[i % 3]
+        g1 = torch.randn(dim, generator=gen, dtype=torch.float64) * (0.1 + 3 * torch.rand(1, generator=gen).item())
+        g2 = torch.randn(dim, generator=gen, dtype=torch.float64)
+        if i % 4 == 0:                       # nearly aligned pairs reach the clips
+            g2 = 0.3 * g1 + 0.05 * g2
+        cases.append((g1, g2, _reference_min_norm_two(g1, g2), "random"))
+    worst = 0.0
+    for g1, g2, alpha1, kind in cases:
+        got, failure = _watched_run(name, watch, lambda: min_norm_two(g1.clone(), g2.clone()))
+        if failure is not None:
+            return _report(failure, verbose)
+        where = f"g1 = {g1.tolist()}, g2 = {g2.tolist()}" if g1.numel() <= 2 else f"a random pair of {g1.numel()}-vectors"
+        got, failure = _as_vector(name, got, 2, "the two weights (α1, α2)")
+        if failure is not None:
+            failure.message += f" (for {where})"
+            return _report(failure, verbose)
+        if float(got.min()) < -1e-9 or abs(float(got.sum()) - 1) > 1e-9:
+            return _report(CheckResult(name, False, f"for {where}: weights {got.tolist()} are not on the simplex "
+                                                    f"(α ≥ 0, α1 + α2 = 1): clip α1 to [0, 1] and set α2 = 1 - α1"),
+                           verbose)
+        if alpha1 is None:                   # g1 = g2: any point of the simplex is the minimum
+            continue
+        expected = torch.stack([alpha1, 1 - alpha1])
+        err = max_error(got, expected)
+        if err > 1e-8:
+            hint = " (α1 belongs to g1: did you swap them?)" if max_error(got.flip(0), expected) <= 1e-8 else ""
+            return _report(CheckResult(name, False, f"for {where} ({kind} case): expected {expected.tolist()}, got "
+                                                    f"{got.tolist()}{hint}", err, 1e-8), verbose)
+        worst = max(worst, err)
+    return _report(CheckResult(name, True, f"the min-norm weights of {len(cases)} pairs (7 hand-computed, both clips, "
+                                           f"identical gradients)", worst, 1e-8), verbose)
+
+
+def _reference_pcgrad(grads: torch.Tensor, order: list[list[int]]) -> torch.Tensor:
+    """PCGrad's projected gradients, written independently of the package: every task against the
+    *original* gradients of the others, in the given order, only on conflict."""
+    out = []
+    for i, others in enumerate(order):
+        gi = grads[i].clone()
+        for j in others:
+            dot = float(gi @ grads[j])
+            if dot < 0:
+                gi = gi - dot / float(grads[j] @ grads[j]) * grads[j]
+        out.append(gi)
+    return torch.stack(out)
+
+
+# hand-computed cases: (gradients, order, projected gradients)
+_PCGRAD_CASES = [
+    # conflict: g1·g2 = -1; g1' = g1 + ½ g2, g2' = g2 + g1
+    (((1.0, 0.0), (-1.0, 1.0)), [[1], [0]], ((0.5, 0.5), (0.0, 1.0))),
+    # no conflict (g1·g2 = 1 > 0): unchanged
+    (((1.0, 0.0), (1.0, 1.0)), [[1], [0]], ((1.0, 0.0), (1.0, 1.0))),
+    # three tasks, every pair in conflict; the order matters (task 1: against g2 then g3, or g3 then g2)
+    (((2.0, 0.0), (-1.0, 1.0), (-1.0, -2.0)), [[1, 2], [0, 2], [0, 1]], ((0.4, -0.2), (-0.4, 0.2), (-1.0, -1.0))),
+    (((2.0, 0.0), (-1.0, 1.0), (-1.0, -2.0)), [[2, 1], [2, 0], [1, 0]], ((0.4, 0.4), (0.0, 0.6), (0.0, -1.5))),
+]
+
+
+@_never_crash("a tensor of projected gradients shaped like grads (T, P)")
+def check_pcgrad(pcgrad_project: Callable[[torch.Tensor, list[list[int]]], torch.Tensor], verbose: bool = True,
+                 seed: int = 0) -> CheckResult:
+    """Chapter 7 exercise: PCGrad's projection, ``pcgrad_project(grads, order) -> projected (T, P)``.
+
+    For each task i, ``g_i' = g_i``; for every j in ``order[i]``: if ``g_i'·g_j < 0``, then
+    ``g_i' ← g_i' − (g_i'·g_j / ‖g_j‖²) g_j``, with the *original* ``g_j`` (Yu et al. 2020, Algorithm 1).
+    Checked on hand-computed cases (a conflict, no conflict, three tasks in two orders) and 30 random sets of
+    2 to 4 gradients; calling the package's ``solvers.pcgrad`` or ``PCGrad`` is a FAIL.
+    """
+    from .weighting import PCGrad, solvers
+
+    name = "check_pcgrad"
+    watch = _Watch({"solvers.pcgrad": solvers.pcgrad, "PCGrad.combine_gradients": PCGrad.combine_gradients})
+    gen = torch.Generator().manual_seed(seed)
+    cases = [(torch.tensor(g, dtype=torch.float64), order, torch.tensor(p, dtype=torch.float64), "hand-computed")
+             for g, order, p in _PCGRAD_CASES]
+    for i in range(30):
+        t, dim = 2 + i % 3, (3, 10, 40)[i % 3]
+        grads = torch.randn(t, dim, generator=gen, dtype=torch.float64)
+        grads[0] -= 1.5 * grads[1:].mean(0)          # make conflicts common
+        order = [[j for j in torch.randperm(t, generator=gen).tolist() if j != k] for k in range(t)]
+        cases.append((grads, order, _reference_pcgrad(grads, order), "random"))
+    worst = 0.0
+    for grads, order, expected, kind in cases:
+        given = grads.clone()
+        got, failure = _watched_run(name, watch, lambda: pcgrad_project(given, [list(o) for o in order]))
+        if failure is not None:
+            return _report(failure, verbose)
+        t, dim = grads.shape
+        where = f"grads = {grads.tolist()}, order = {order}" if dim <= 2 else f"{t} random gradients of {dim} entries"
+        if not isinstance(got, torch.Tensor) or got.shape != grads.shape:
+            shown = _describe(got) if not isinstance(got, torch.Tensor) else f"shape {tuple(got.shape)}"
+            return _report(CheckResult(name, False, f"must return the projected gradients, one row per task, got "
+                                                    f"{shown}; expected a tensor of shape {tuple(grads.shape)}"),
+                           verbose)
+        if _non_finite(got) is not None:
+            return _report(_not_finite_result(name, f"the projected gradients for {where}"), verbose)
+        if not torch.equal(given, grads):
+            return _report(CheckResult(name, False, "changed its input grads in place: every projection uses the "
+                                                    "original g_j, so keep grads unchanged (work on a copy)"),
+                           verbose)
+        err = max_error(got, expected)
+        if err > 1e-9:
+            conflict_free = t == 2 and float(grads[0] @ grads[1]) >= 0
+            hint = (" (no conflict here: PCGrad leaves the gradients unchanged)" if conflict_free else
+                    " (project only when g_i'·g_j < 0, onto the original g_j, in the given order)")
+            return _report(CheckResult(name, False, f"for {where} ({kind} case): projected gradients differ{hint}",
+                                       err, 1e-9), verbose)
+        worst = max(worst, err)
+    return _report(CheckResult(name, True, f"{len(cases)} sets of gradients (4 hand-computed: conflict, none, an "
+                                           f"order that matters)", worst, 1e-9), verbose)
+
+
+def _reference_gradnorm_loss(w: torch.Tensor, grad_norms: torch.Tensor, losses: torch.Tensor,
+                             initial_losses: torch.Tensor, alpha: float) -> torch.Tensor:
+    """GradNorm's L_grad, written independently of the package (the target is a constant)."""
+    g = w * grad_norms
+    ratio = losses / initial_losses
+    target = (g.mean() * (ratio / ratio.mean()) ** alpha).detach()
+    return (g - target).abs().sum()
+
+
+# hand-computed cases: (w, ‖∇_W L_t‖, L_t, L_t(0), α, L_grad, ∂L_grad/∂w)
+# case 1: G = (2, 1, 0.5), Ḡ = 7/6; L̃ = (1, 0.5, 1), r = (1.2, 0.6, 1.2); target = (1.4, 0.7, 1.4);
+#         L_grad = 0.6 + 0.3 + 0.9 = 1.8; ∂/∂w_t = sign(G_t - target_t) ‖∇_W L_t‖ = (2, 1, -0.5)
+#         (through the target as well, the bug, it would be (1.6, 0.8, -0.6))
+# case 2: G = (1, 3), Ḡ = 2; L̃ = (1, 0.25), r = (1.6, 0.4); α = 0.5: target = 2 (√1.6, √0.4);
+#         (w = (0.5, 1.5), norms (2, 2)) L_grad = |1 - 2√1.6| + |3 - 2√0.4|; G_1 below, G_2 above its target:
+#         ∂/∂w = (-2, 2)
+_GRADNORM_CASES = [
+    ((1.0, 1.0, 1.0), (2.0, 1.0, 0.5), (1.0, 0.5, 0.5), (1.0, 1.0, 0.5), 1.0, 1.8, (2.0, 1.0, -0.5)),
+    ((0.5, 1.5), (2.0, 2.0), (1.0, 0.25), (1.0, 1.0), 0.5,
+     abs(1 - 2 * math.sqrt(1.6)) + abs(3 - 2 * math.sqrt(0.4)), (-2.0, 2.0)),
+]
+
+
+@_never_crash("a scalar tensor L_grad that carries a gradient to w")
+def check_gradnorm_loss(gradnorm_loss: Callable[..., torch.Tensor], verbose: bool = True,
+                        seed: int = 0) -> CheckResult:
+    """Chapter 7 exercise: GradNorm's gradient loss,
+    ``gradnorm_loss(w, grad_norms, losses, initial_losses, alpha) -> L_grad`` (a scalar tensor).
+
+    ``G_t = w_t ‖∇_W L_t‖``, ``Ḡ = mean_t G_t``, ``L̃_t = L_t / L_t(0)``, ``r_t = L̃_t / mean_j L̃_j``;
+    ``L_grad = Σ_t |G_t − sg[Ḡ r_t^α]|``, the target a constant (Chen et al. 2018, Eq. 2). Both the value and
+    the gradient w.r.t. ``w`` are compared, so a target that lets gradient through (the classic mistake)
+    fails. Hand-computed cases and 30 random ones; calling the package's ``GradNorm`` is a FAIL.
+    """
+    from .weighting import GradNorm
+
+    name = "check_gradnorm_loss"
+    watch = _Watch({"GradNorm.gradnorm_loss": GradNorm.gradnorm_loss, "GradNorm.backward": GradNorm.backward})
+    gen = torch.Generator().manual_seed(seed)
+    f64 = lambda v: torch.tensor(v, dtype=torch.float64)   # noqa: E731
+    cases = [(f64(w), f64(n), f64(l), f64(l0), a, f64(value), f64(grad), "hand-computed")
+             for w, n, l, l0, a, value, grad in _GRADNORM_CASES]
+    for i in range(30):
+        t = 2 + i % 3
+        w = 0.2 + 2 * torch.rand(t, generator=gen, dtype=torch.float64)
+        norms = 0.1 + 3 * torch.rand(t, generator=gen, dtype=torch.float64)
+        initial = 0.5 + 2 * torch.rand(t, generator=gen, dtype=torch.float64)
+        losses = initial * (0.2 + 0.8 * torch.rand(t, generator=gen, dtype=torch.float64))
+        alpha = (0.0, 0.5, 1.5, 3.0)[i % 4]
+        leaf = w.clone().requires_grad_(True)
+        value = _reference_gradnorm_loss(leaf, norms, losses, initial, alpha)
+        cases.append((w, norms, losses, initial, alpha, value.detach(), torch.autograd.grad(value, leaf)[0], "random"))
+    worst = 0.0
+    for w, norms, losses, initial, alpha, value, grad, kind in cases:
+        leaf = w.clone().requires_grad_(True)
+        got, failure = _watched_run(name, watch, lambda: gradnorm_loss(leaf, norms.clone(), losses.clone(),
+                                                                       initial.clone(), alpha))
+        if failure is not None:
+            return _report(failure, verbose)
+        where = (f"w = {w.tolist()}, norms = {norms.tolist()}, losses = {losses.tolist()}, initial = "
+                 f"{initial.tolist()}, α = {alpha}" if kind == "hand-computed" else f"{len(w)} random tasks, α = {alpha}")
+        if not isinstance(got, torch.Tensor) or got.numel() != 1 or got.dim() > 1:
+            shown = _describe(got) if not isinstance(got, torch.Tensor) else f"shape {tuple(got.shape)}"
+            return _report(CheckResult(name, False, f"must return L_grad as a scalar tensor, got {shown}; expected "
+                                                    f"a tensor of shape ()"), verbose)
+        if _non_finite(got) is not None:
+            return _report(_not_finite_result(name, f"L_grad for {where}", "a finite scalar"), verbose)
+        err = abs(float(got.detach().double().reshape(())) - float(value))
+        if err > 1e-9:
+            return _report(CheckResult(name, False, f"for {where} ({kind} case): L_grad = {float(got.detach()):.6g}, expected "
+                                                    f"{float(value):.6g} (G_t = w_t·norm_t, r_t = L̃_t / mean L̃, "
+                                                    f"target Ḡ·r_t^α)", err, 1e-9), verbose)
+        if not got.requires_grad:
+            return _report(CheckResult(name, False, f"for {where}: the value is right but no gradient reaches w; "
+                                                    f"only the target Ḡ·r^α is a constant, G_t = w_t·norm_t must "
+                                                    f"stay differentiable"), verbose)
+        (g_w,) = torch.autograd.grad(got.reshape(()), leaf, allow_unused=True)
+        g_w = torch.zeros_like(leaf) if g_w is None else g_w
+        grad_err = max_error(g_w.double(), grad)
+        if grad_err > 1e-9:
+            return _report(CheckResult(name, False, f"for {where} ({kind} case): the value is right but ∂L_grad/∂w "
+                                                    f"is {g_w.tolist()}, expected {grad.tolist()}: the target "
+                                                    f"Ḡ·r^α must get no gradient (detach it)", grad_err, 1e-9),
+                           verbose)
+        worst = max(worst, err, grad_err)
+    return _report(CheckResult(name, True, f"value and gradient w.r.t. w on {len(cases)} cases (2 hand-computed)",
+                               worst, 1e-9), verbose)

@@ -1,6 +1,7 @@
 """Coursework self-checks: each passes a right answer and fails the usual mistakes; every check fails a broken
 result (NaN, None, a list, a wrong shape, an exception) with a message and never raises."""
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -272,6 +273,185 @@ def test_verdict_check():
 
 
 # ---------------------------------------------------------------------------------------------------
+# chapter 7: each check passes the solution, fails the stub, the usual mistakes and a student function that
+# calls the package's implementation (by any route)
+
+def _good_min_norm_two(g1, g2):
+    diff = g1 - g2
+    denom = diff @ diff
+    if denom == 0:
+        return torch.tensor([0.5, 0.5], dtype=g1.dtype)
+    a1 = ((g2 - g1) @ g2 / denom).clamp(0.0, 1.0)
+    return torch.stack([a1, 1 - a1])
+
+
+def _good_pcgrad(grads, order):
+    out = grads.clone()
+    for i, others in enumerate(order):
+        for j in others:
+            dot = out[i] @ grads[j]
+            if dot < 0:
+                out[i] = out[i] - dot / (grads[j] @ grads[j]) * grads[j]
+    return out
+
+
+def _good_gradnorm_loss(w, grad_norms, losses, initial_losses, alpha):
+    g = w * grad_norms
+    ratio = losses / initial_losses
+    target = (g.mean() * (ratio / ratio.mean()) ** alpha).detach()
+    return (g - target).abs().sum()
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError("exercise: replace this line with your code")
+
+
+def test_min_norm_two_check():
+    from mtlutils.checks import check_min_norm_two
+    from mtlutils.weighting import MGDA, solvers
+    from mtlutils.weighting.solvers import min_norm_two as imported_early
+
+    assert check_min_norm_two(_good_min_norm_two, verbose=False).passed
+    assert "not implemented" in check_min_norm_two(_stub, verbose=False).message
+
+    def unclipped(g1, g2):
+        a1 = (g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2))
+        return torch.stack([a1, 1 - a1])
+
+    def unguarded(g1, g2):  # 0 / 0 for identical gradients
+        a1 = ((g2 - g1) @ g2 / ((g1 - g2) @ (g1 - g2))).clamp(0, 1)
+        return torch.stack([a1, 1 - a1])
+
+    def swapped(g1, g2):
+        return _good_min_norm_two(g1, g2).flip(0)
+
+    def float32(g1, g2):
+        return _good_min_norm_two(g1.float(), g2.float())
+
+    assert "not on the simplex" in check_min_norm_two(unclipped, verbose=False).message
+    r = check_min_norm_two(unguarded, verbose=False)
+    assert not r.passed and "non-finite" in r.message and "[1.0, 2.0]" in r.message
+    assert "swap" in check_min_norm_two(swapped, verbose=False).message
+    assert not check_min_norm_two(float32, verbose=False).passed
+    callers = {"module": lambda g1, g2: solvers.min_norm_two(g1, g2),
+               "imported early": lambda g1, g2: imported_early(g1, g2),
+               "general solver": lambda g1, g2: solvers.min_norm(torch.stack([g1, g2])),
+               "the weighting": lambda g1, g2: MGDA(["a", "b"], normalization="none").weights_from(
+                   torch.stack([g1, g2]), torch.ones(2, dtype=g1.dtype))}
+    for how, caller in callers.items():
+        r = check_min_norm_two(caller, verbose=False)
+        assert not r.passed and "calls the package's" in r.message, (how, r)
+    assert sys.getprofile() is None
+
+
+def test_pcgrad_check():
+    from mtlutils.checks import check_pcgrad
+    from mtlutils.weighting import PCGrad, solvers
+
+    assert check_pcgrad(_good_pcgrad, verbose=False).passed
+    assert "not implemented" in check_pcgrad(_stub, verbose=False).message
+
+    def always(grads, order):  # projects without a conflict
+        out = grads.clone()
+        for i, others in enumerate(order):
+            for j in others:
+                out[i] = out[i] - (out[i] @ grads[j]) / (grads[j] @ grads[j]) * grads[j]
+        return out
+
+    def against_projected(grads, order):  # projects onto the others' already projected gradients
+        out = grads.clone()
+        for i, others in enumerate(order):
+            for j in others:
+                dot = out[i] @ out[j]
+                if dot < 0:
+                    out[i] = out[i] - dot / (out[j] @ out[j]) * out[j]
+        return out
+
+    def in_place(grads, order):
+        for i, others in enumerate(order):
+            for j in others:
+                dot = grads[i] @ grads[j]
+                if dot < 0:
+                    grads[i] -= dot / (grads[j] @ grads[j]) * grads[j]
+        return grads
+
+    def ignores_order(grads, order):
+        return _good_pcgrad(grads, [sorted(o) for o in order])
+
+    def summed(grads, order):
+        return _good_pcgrad(grads, order).sum(0)
+
+    assert "no conflict here" in check_pcgrad(always, verbose=False).message
+    assert not check_pcgrad(against_projected, verbose=False).passed
+    assert "in place" in check_pcgrad(in_place, verbose=False).message
+    assert not check_pcgrad(ignores_order, verbose=False).passed
+    assert "one row per task" in check_pcgrad(summed, verbose=False).message
+    callers = {"module": lambda grads, order: solvers.pcgrad(grads, order=order),
+               "the weighting": lambda grads, order: PCGrad([str(i) for i in range(len(grads))]).combine_gradients(grads)[0]}
+    for how, caller in callers.items():
+        r = check_pcgrad(caller, verbose=False)
+        assert not r.passed and "calls the package's" in r.message, (how, r)
+    assert sys.getprofile() is None
+
+
+def test_gradnorm_loss_check():
+    from mtlutils.checks import check_gradnorm_loss
+    from mtlutils.weighting import GradNorm
+
+    assert check_gradnorm_loss(_good_gradnorm_loss, verbose=False).passed
+    assert "not implemented" in check_gradnorm_loss(_stub, verbose=False).message
+
+    def target_not_detached(w, grad_norms, losses, initial_losses, alpha):  # the classic bug
+        g = w * grad_norms
+        ratio = losses / initial_losses
+        return (g - g.mean() * (ratio / ratio.mean()) ** alpha).abs().sum()
+
+    def all_detached(w, grad_norms, losses, initial_losses, alpha):
+        return _good_gradnorm_loss(w, grad_norms, losses, initial_losses, alpha).detach()
+
+    def raw_ratio(w, grad_norms, losses, initial_losses, alpha):  # r = L̃ without dividing by its mean
+        g = w * grad_norms
+        return (g - (g.mean() * (losses / initial_losses) ** alpha).detach()).abs().sum()
+
+    def squared(w, grad_norms, losses, initial_losses, alpha):
+        g = w * grad_norms
+        ratio = losses / initial_losses
+        return ((g - (g.mean() * (ratio / ratio.mean()) ** alpha).detach()) ** 2).sum()
+
+    r = check_gradnorm_loss(target_not_detached, verbose=False)
+    assert not r.passed and "detach" in r.message and "value is right" in r.message
+    assert "no gradient reaches w" in check_gradnorm_loss(all_detached, verbose=False).message
+    assert not check_gradnorm_loss(raw_ratio, verbose=False).passed
+    assert not check_gradnorm_loss(squared, verbose=False).passed
+
+    def caller(w, grad_norms, losses, initial_losses, alpha):
+        weighting = GradNorm([str(i) for i in range(len(w))], alpha=alpha)
+        weighting.w.data.copy_(w.detach().float())
+        weighting.initial_losses.copy_(initial_losses)
+        return weighting.gradnorm_loss(grad_norms.float(), losses.float())
+
+    r = check_gradnorm_loss(caller, verbose=False)
+    assert not r.passed and "calls the package's GradNorm.gradnorm_loss" in r.message
+    assert sys.getprofile() is None
+
+
+def test_a_watched_check_restores_a_previous_profiler():
+    from mtlutils.checks import check_pcgrad
+
+    seen = []
+
+    def profiler(frame, event, arg):
+        seen.append(event)
+
+    sys.setprofile(profiler)
+    try:
+        assert check_pcgrad(_good_pcgrad, verbose=False).passed
+        assert sys.getprofile() is profiler
+    finally:
+        sys.setprofile(None)
+
+
+# ---------------------------------------------------------------------------------------------------
 # every check against broken student functions: a FAIL that says what is wrong, never an exception
 
 def _good_miou(conf):
@@ -312,7 +492,8 @@ def _good_verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True):
 GOOD = {"check_shared_forward": good, "check_miou": _good_miou, "check_cross_stitch_backward": _good_stitch,
         "check_dwa": _good_dwa, "check_attention": _good_attend, "check_gumbel_softmax": _gumbel,
         "check_filter_group_routing": _route, "check_authors_frequencies": _good_frequencies,
-        "check_verdict": _good_verdict}
+        "check_verdict": _good_verdict, "check_min_norm_two": _good_min_norm_two, "check_pcgrad": _good_pcgrad,
+        "check_gradnorm_loss": _good_gradnorm_loss}
 
 
 def test_every_public_check_is_covered():
