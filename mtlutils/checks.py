@@ -176,7 +176,8 @@ def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, tor
 
     ``shared_forward(trunk, heads, x)`` must return ``{task: heads[task](trunk(x))}`` and run the
     shared trunk exactly once per batch (computing the shared features once is the point of hard
-    sharing). Compared in float64 with :class:`mtlutils.models.multitask.HardSharedNetwork`.
+    sharing). Compared in float64 with :class:`mtlutils.models.multitask.HardSharedNetwork`; calling that
+    network's own ``forward`` is a FAIL.
     """
     from .models import create
     from .tasks import Task
@@ -191,9 +192,10 @@ def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, tor
         expected = reference(x)
     calls = []
     hook = reference.trunk.register_forward_hook(lambda *_: calls.append(1))
+    watch = _Watch({"HardSharedNetwork.forward": type(reference).forward})
     try:
         with torch.no_grad():
-            got, failure = _run(name, lambda: shared_forward(reference.trunk, reference.heads, x))
+            got, failure = _watched_run(name, watch, lambda: shared_forward(reference.trunk, reference.heads, x))
     finally:
         hook.remove()
     if failure is not None:
@@ -207,6 +209,87 @@ def check_shared_forward(shared_forward: Callable[[nn.Module, nn.ModuleDict, tor
         result = CheckResult(name, False, f"the shared trunk ran {len(calls)} times for one batch; hard sharing "
                                           f"computes the shared features once", result.error, result.tolerance)
     return _report(result, verbose)
+
+
+# hand-computed cases of Δ_MTL: (model, baseline, Δ in %)
+_DELTA_MTL_CASES = [
+    ({"left/accuracy": 90.0, "right/accuracy": 80.0}, {"left/accuracy": 80.0, "right/accuracy": 80.0}, 6.25),
+    ({"sum/mae": 1.0, "left/accuracy": 50.0}, {"sum/mae": 2.0, "left/accuracy": 50.0}, 25.0),       # lower is better
+    ({"sum/mae": 3.0, "left/accuracy": 60.0}, {"sum/mae": 2.0, "left/accuracy": 50.0}, -15.0),      # (-50 + 20) / 2
+    ({"depth/abs_err": 0.5}, {"depth/abs_err": 0.5}, 0.0),
+]
+
+
+def _reference_delta_mtl(model: Mapping[str, float], baseline: Mapping[str, float]) -> float:
+    """Δ_MTL in %, written independently of :func:`mtlutils.metrics.delta_mtl`."""
+    from .metrics import HIGHER_IS_BETTER
+
+    terms = [(1.0 if HIGHER_IS_BETTER[k.split("/")[-1]] else -1.0) * (model[k] - baseline[k]) / baseline[k]
+             for k in model]
+    return 100.0 * sum(terms) / len(terms)
+
+
+@_never_crash("a number: Δ_MTL in %")
+def check_delta_mtl(delta_mtl: Callable[[Mapping[str, float], Mapping[str, float]], float], verbose: bool = True,
+                    seed: int = 0) -> CheckResult:
+    """Chapter 1 exercise: ``delta_mtl(model, baseline) -> Δ_MTL in %``.
+
+    ``Δ = 100/n Σ_j (−1)^{l_j} (M_m,j − M_b,j) / M_b,j`` over the n metrics (the keys, ``"task/metric"``),
+    ``l_j = 1`` when lower is better (``mtlutils.metrics.HIGHER_IS_BETTER`` of the part after the last
+    ``/``). Hand-computed cases (a gain, a loss, lower-is-better metrics, no change) and 30 random ones with
+    2 to 9 metrics; calling the package's :func:`mtlutils.metrics.delta_mtl` is a FAIL.
+    """
+    from . import tables
+    from .metrics import delta_mtl as package_delta_mtl
+
+    name = "check_delta_mtl"
+    watch = _Watch({"mtlutils.metrics.delta_mtl": package_delta_mtl, "mtlutils.tables._delta": tables._delta})
+    gen = torch.Generator().manual_seed(seed)
+    names = ["seg/miou", "seg/pixacc", "depth/abs_err", "depth/rel_err", "normal/mean", "normal/median",
+             "normal/within_11.25", "left/accuracy", "sum/mae"]
+    cases = [(m, b, d, "hand-computed") for m, b, d in _DELTA_MTL_CASES]
+    for i in range(30):
+        keys = names[:2 + i % 8]
+        base = {k: 0.1 + 50 * float(torch.rand(1, generator=gen)) for k in keys}
+        model = {k: v * (0.5 + float(torch.rand(1, generator=gen))) for k, v in base.items()}
+        cases.append((model, base, _reference_delta_mtl(model, base), "random"))
+    worst = 0.0
+    for model, base, expected, kind in cases:
+        got, failure = _watched_run(name, watch, lambda: delta_mtl(dict(model), dict(base)))
+        if failure is not None:
+            return _report(failure, verbose)
+        if isinstance(got, (str, bytes, bool)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
+            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
+                                                    f"number, Δ_MTL in %"), verbose)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
+                                                    f"number, Δ_MTL in %"), verbose)
+        if not math.isfinite(got):
+            return _report(_not_finite_result(name, "Δ_MTL", "a finite number"), verbose)
+        err = abs(got - expected)
+        if err > 1e-9:
+            where = f"model {model}, baseline {base}" if kind == "hand-computed" else f"{len(model)} random metrics"
+            undirected = 100.0 * sum((model[k] - base[k]) / base[k] for k in model) / len(model)
+            hint = ""
+            if abs(got - expected / 100) < 1e-9:
+                hint = " (a fraction: Δ_MTL is in %)"
+            elif any(not _higher(k) for k in model) and abs(got - undirected) < 1e-9:
+                hint = " (lower is better for errors: flip their sign)"
+            elif abs(got + expected) < 1e-9:
+                hint = " (the sign: positive means better)"
+            return _report(CheckResult(name, False, f"for {where} ({kind} case): expected {expected:.6g}, got "
+                                                    f"{got:.6g}{hint}", err, 1e-9), verbose)
+        worst = max(worst, err)
+    return _report(CheckResult(name, True, f"{len(cases)} cases ({len(_DELTA_MTL_CASES)} hand-computed, errors and "
+                                           f"scores mixed)", worst, 1e-9), verbose)
+
+
+def _higher(key: str) -> bool:
+    from .metrics import HIGHER_IS_BETTER
+
+    return HIGHER_IS_BETTER[key.split("/")[-1]]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -226,9 +309,14 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
 
     ``IoU_c = TP_c / (TP_c + FP_c + FN_c)``, averaged over the classes whose union is not empty (a
     class absent from both the labels and the predictions is left out). Tried on random matrices of
-    several sizes, one with an absent class and one with a class never predicted.
+    several sizes, one with an absent class and one with a class never predicted. Calling
+    :class:`mtlutils.metrics.SegMetrics` (``compute``, ``iou_per_class``) is a FAIL.
     """
+    from .metrics import SegMetrics
+
     name = "check_miou"
+    watch = _Watch({"SegMetrics.compute": SegMetrics.compute, "SegMetrics.iou_per_class": SegMetrics.iou_per_class,
+                    "SegMetrics._scores": SegMetrics._scores})
     gen = torch.Generator().manual_seed(seed)
     cases = [torch.randint(0, 50, (c, c), generator=gen) for c in (2, 5, 13)]
     absent = torch.randint(0, 50, (4, 4), generator=gen)
@@ -239,7 +327,7 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
     cases += [absent, never_predicted]
     worst = 0.0
     for conf in cases:
-        got, failure = _run(name, lambda: miou_from_confusion(conf.clone()))
+        got, failure = _watched_run(name, watch, lambda: miou_from_confusion(conf.clone()))
         if failure is not None:
             return _report(failure, verbose)
         if isinstance(got, (str, bytes, bool)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
@@ -259,6 +347,63 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
     msg = "matches the definition on 5 confusion matrices" if ok else \
         "differs from the definition (rows = true class, columns = prediction, % scale, absent classes left out?)"
     return _report(CheckResult(name, ok, msg, worst, 1e-9), verbose)
+
+
+def _reference_confusion(pred: torch.Tensor, truth: torch.Tensor, classes: int) -> torch.Tensor:
+    """``conf[a, b]`` = valid pixels (truth >= 0) of true class a predicted as b, by explicit loops."""
+    conf = torch.zeros(classes, classes, dtype=torch.int64)
+    for a, b in zip(truth.reshape(-1).tolist(), pred.reshape(-1).tolist()):
+        if a >= 0:
+            conf[a, b] += 1
+    return conf
+
+
+@_never_crash("a (classes, classes) tensor of pixel counts")
+def check_confusion_matrix(confusion_matrix: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor],
+                           verbose: bool = True, seed: int = 0) -> CheckResult:
+    """Chapter 2 exercise: ``confusion_matrix(pred, target, classes)``, the confusion matrix of one batch.
+
+    ``pred`` and ``target`` are integer labels ``(N, H, W)``; ``target`` is ``-1`` on void pixels, which do
+    not count. ``conf[a, b]`` = number of valid pixels of true class ``a`` predicted as ``b``. Compared with
+    explicit loops on random batches (2 to 19 classes, with void pixels, a class never predicted, one batch
+    without a valid pixel); calling :class:`mtlutils.metrics.SegMetrics` is a FAIL.
+    """
+    from .metrics import SegMetrics
+
+    name = "check_confusion_matrix"
+    watch = _Watch({"SegMetrics.update": SegMetrics.update, "SegMetrics.compute": SegMetrics.compute})
+    gen = torch.Generator().manual_seed(seed)
+    cases = []
+    for classes, shape in ((2, (1, 3, 4)), (7, (2, 8, 8)), (19, (3, 5, 6)), (4, (2, 4, 4))):
+        truth = torch.randint(-1, classes, shape, generator=gen)
+        pred = torch.randint(0, classes, shape, generator=gen)
+        if classes == 4:
+            pred[pred == 2] = 0            # class 2 never predicted: its column stays 0
+        cases.append((pred, truth, classes))
+    cases.append((torch.zeros(1, 2, 2, dtype=torch.int64), torch.full((1, 2, 2), -1), 3))   # all void
+    for pred, truth, classes in cases:
+        expected = _reference_confusion(pred, truth, classes)
+        got, failure = _watched_run(name, watch, lambda: confusion_matrix(pred.clone(), truth.clone(), classes))
+        if failure is not None:
+            return _report(failure, verbose)
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != (classes, classes):
+            shown = _describe(got) if not isinstance(got, torch.Tensor) else f"shape {tuple(got.shape)}"
+            return _report(CheckResult(name, False, f"must return the counts of {classes} classes, got {shown}; "
+                                                    f"expected a tensor of shape ({classes}, {classes})"), verbose)
+        if _non_finite(got) is not None:
+            return _report(_not_finite_result(name, "the confusion matrix", "pixel counts"), verbose)
+        err = float((got.detach().double() - expected.double()).abs().max())
+        if err > 0:
+            hint = ""
+            if torch.equal(got.detach().double().T, expected.double()):
+                hint = " (transposed: rows are the true class, columns the prediction)"
+            elif int(got.detach().double().sum()) == truth.numel():
+                hint = " (void pixels, label -1, must not count)"
+            return _report(CheckResult(name, False, f"differs from the counts for a batch of shape "
+                                                    f"{tuple(truth.shape)}, {classes} classes{hint}", err, 0.0),
+                           verbose)
+    return _report(CheckResult(name, True, f"{len(cases)} batches (void pixels, a class never predicted, an "
+                                           f"all-void batch)", 0.0, 0.0), verbose)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -464,16 +609,20 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
     Checked: samples lie on the simplex; hard samples are one-hot and carry a non-zero (straight-through)
     gradient; the frequencies of hard samples match ``softmax(logits)`` within 5 standard errors (40,000
     draws); soft samples approach one-hot as ``tau -> 0`` and have the reference's mean at ``tau = 1``;
-    ``tau <= 0`` raises ``ValueError``; extreme logits give finite samples.
+    ``tau <= 0`` raises ``ValueError``; extreme logits give finite samples. Calling a ready-made sampler
+    (``mtlutils.layers.gumbel_softmax``, its ``sample_gumbel``, or ``torch.nn.functional.gumbel_softmax``)
+    is a FAIL.
     """
-    from .layers.gumbel import gumbel_softmax
+    from .layers.gumbel import gumbel_softmax, sample_gumbel
 
     name = "check_gumbel_softmax"
+    watch = _Watch({"mtlutils.layers.gumbel_softmax": gumbel_softmax, "mtlutils.layers.gumbel.sample_gumbel":
+                    sample_gumbel, "torch.nn.functional.gumbel_softmax": torch.nn.functional.gumbel_softmax})
     torch.manual_seed(seed)
     p = torch.tensor([0.55, 0.25, 0.15, 0.05], dtype=torch.float64)
     n = 40_000
     logits = (p.log() + 1.3).expand(n, 4).clone()  # logits need not be normalised
-    soft, failure = _run(name, lambda: sampler(logits.clone(), 1.0, False))
+    soft, failure = _watched_run(name, watch, lambda: sampler(logits.clone(), 1.0, False))
     if failure is not None:
         return _report(failure, verbose)
     problem = _sample_problem(name, soft, tuple(logits.shape), "soft samples (tau=1)")
@@ -488,7 +637,7 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
                                                 "noise -log(-log u) with u ~ U(0, 1), added to the logits?",
                                    mean_error, 0.01), verbose)
     leaf = logits.clone().requires_grad_()
-    hard, failure = _run(name, lambda: sampler(leaf, 0.5, True))
+    hard, failure = _watched_run(name, watch, lambda: sampler(leaf, 0.5, True))
     if failure is not None:
         return _report(failure, verbose)
     problem = _sample_problem(name, hard, tuple(logits.shape), "hard samples (tau=0.5)")
@@ -509,7 +658,7 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
     if not bool(torch.isfinite(grad).all()) or float(grad.abs().sum()) == 0:
         return _report(CheckResult(name, False, "the straight-through gradient is zero or not finite"), verbose)
     for tau in (0.01, 100.0):
-        sample, failure = _run(name, lambda: sampler(logits[:2000].clone(), tau, False))
+        sample, failure = _watched_run(name, watch, lambda: sampler(logits[:2000].clone(), tau, False))
         problem = failure or _sample_problem(name, sample, (2000, 4), f"soft samples (tau={tau})")
         if problem is not None:
             return _report(problem, verbose)
@@ -520,7 +669,8 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
     if float(cold.max(-1).values.mean()) < 0.98 or float(warm.max(-1).values.mean()) > 0.3:
         return _report(CheckResult(name, False, "soft samples must approach one-hot as tau -> 0 and uniform as "
                                                 "tau grows: divide (logits + g) by tau"), verbose)
-    extreme, failure = _run(name, lambda: sampler(torch.tensor([[80.0, -80.0, 0.0]], dtype=torch.float64), 0.05, True))
+    extreme, failure = _watched_run(name, watch, lambda: sampler(torch.tensor([[80.0, -80.0, 0.0]],
+                                                                              dtype=torch.float64), 0.05, True))
     problem = failure or _sample_problem(name, extreme, (1, 3), "the sample of extreme logits (80, -80, 0)")
     if problem is not None:
         return _report(problem, verbose)
@@ -547,11 +697,18 @@ def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool
     and shared, a shared kernel only shared channels; ``z_out`` ``(C_out, T+1)`` and ``z_in`` ``(C_in, T+1)``
     give the groups (tasks first, shared last). Compared in float64 with
     :func:`mtlutils.layers.filter_groups.filter_group_conv_masked`, values and gradients, for one-hot and
-    relaxed groupings and T = 2, 3.
+    relaxed groupings and T = 2, 3. Calling the package's routing (``filter_group_conv_masked``,
+    ``filter_group_conv``, ``routed_weight``, ``kernel_input_mask``, ``FilterGroupConv``) is a FAIL;
+    ``routing_matrix`` (the constant R) may be used.
     """
-    from .layers.filter_groups import filter_group_conv_masked
+    from .layers import filter_groups as fg
 
+    filter_group_conv_masked = fg.filter_group_conv_masked
     name = "check_filter_group_routing"
+    watch = _Watch({f"mtlutils.layers.filter_groups.{f.__name__}": f
+                    for f in (fg.filter_group_conv_masked, fg.filter_group_conv, fg.kernel_input_mask,
+                              fg.routed_weight)}
+                   | {"FilterGroupConv.forward": fg.FilterGroupConv.forward})
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for num_tasks in (2, 3):
@@ -568,7 +725,7 @@ def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool
             inputs = [t.clone().requires_grad_() for t in (x, w, z_out, z_in)]
             expected = filter_group_conv_masked(inputs[0], inputs[1], None, inputs[2], inputs[3], padding=1)
             mine = [t.clone().requires_grad_() for t in (x, w, z_out, z_in)]
-            got, failure = _run(name, lambda: route(*mine))
+            got, failure = _watched_run(name, watch, lambda: route(*mine))
             if failure is not None:
                 return _report(failure, verbose)
             result = check_close(name, got.detach() if isinstance(got, torch.Tensor) else got, expected.detach(),

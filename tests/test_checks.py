@@ -78,6 +78,85 @@ def test_miou_check():
     assert "not implemented" in check_miou(lambda c: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
 
 
+def test_shared_forward_check_refuses_the_package_forward():
+    from mtlutils.models.multitask import HardSharedNetwork
+
+    def borrowed(trunk, heads, x):   # the package's forward on a stand-in object
+        import types
+        return HardSharedNetwork.forward(types.SimpleNamespace(trunk=trunk, heads=heads, check_input=lambda x: None), x)
+
+    r = check_shared_forward(borrowed, verbose=False)
+    assert not r.passed and "calls the package's HardSharedNetwork.forward" in r.message
+
+
+def _good_delta(model, baseline):
+    from mtlutils.metrics import HIGHER_IS_BETTER
+
+    terms = [(1 if HIGHER_IS_BETTER[k.split("/")[-1]] else -1) * (model[k] - baseline[k]) / baseline[k] for k in model]
+    return 100 * sum(terms) / len(terms)
+
+
+def test_delta_mtl_check():
+    from mtlutils.checks import check_delta_mtl
+    from mtlutils.metrics import delta_mtl
+
+    assert check_delta_mtl(_good_delta, verbose=False).passed
+    assert "a fraction" in check_delta_mtl(lambda m, b: _good_delta(m, b) / 100, verbose=False).message
+
+    def ignores_direction(model, baseline):
+        return 100 * sum((model[k] - baseline[k]) / baseline[k] for k in model) / len(model)
+
+    assert "lower is better" in check_delta_mtl(ignores_direction, verbose=False).message
+    assert "the sign" in check_delta_mtl(lambda m, b: -_good_delta(m, b), verbose=False).message
+    r = check_delta_mtl(lambda m, b: delta_mtl(m, b), verbose=False)
+    assert not r.passed and "calls the package's mtlutils.metrics.delta_mtl" in r.message
+    assert "not implemented" in check_delta_mtl(_stub, verbose=False).message
+
+
+def _good_confusion(pred, target, classes):
+    valid = target >= 0
+    counts = torch.bincount(target[valid] * classes + pred[valid], minlength=classes * classes)
+    return counts.reshape(classes, classes).double()   # counts as floats (NaN can then poison them in the tests)
+
+
+def test_confusion_matrix_check():
+    from mtlutils.checks import check_confusion_matrix
+    from mtlutils.metrics import SegMetrics
+
+    assert check_confusion_matrix(_good_confusion, verbose=False).passed
+
+    def transposed(pred, target, classes):
+        return _good_confusion(pred, target, classes).T
+
+    def counts_void(pred, target, classes):
+        t = target.clamp_min(0)
+        return torch.bincount(t.reshape(-1) * classes + pred.reshape(-1), minlength=classes * classes).reshape(classes, classes)
+
+    def borrowed(pred, target, classes):
+        m = SegMetrics(classes)
+        m.update(pred, target)
+        return m.confusion
+
+    assert "transposed" in check_confusion_matrix(transposed, verbose=False).message
+    assert "void pixels" in check_confusion_matrix(counts_void, verbose=False).message
+    r = check_confusion_matrix(borrowed, verbose=False)
+    assert not r.passed and "calls the package's SegMetrics.update" in r.message
+    assert "not implemented" in check_confusion_matrix(_stub, verbose=False).message
+
+
+def test_miou_check_refuses_seg_metrics():
+    from mtlutils.checks import check_miou
+    from mtlutils.metrics import SegMetrics
+
+    def borrowed(conf):
+        m = SegMetrics(conf.shape[0])
+        m.confusion = conf.long()
+        return m.compute()["miou"]
+
+    r = check_miou(borrowed, verbose=False)
+    assert not r.passed and "calls the package's SegMetrics" in r.message
+
+
 def test_cross_stitch_backward_check_catches_the_papers_typo():
     from mtlutils.checks import check_cross_stitch_backward
 
@@ -232,6 +311,22 @@ def test_filter_group_routing_check():
         lambda x, w, zo, zi: _route(x, w, zo.detach(), zi), verbose=False).message
     assert "not implemented" in check_filter_group_routing(
         lambda *a: (_ for _ in ()).throw(NotImplementedError), verbose=False).message
+
+
+def test_chapter5_checks_refuse_the_package_and_torch():
+    from mtlutils.checks import check_filter_group_routing, check_gumbel_softmax
+    from mtlutils.layers import gumbel_softmax
+    from mtlutils.layers.filter_groups import filter_group_conv, filter_group_conv_masked
+
+    for sampler, label in [(lambda l, t, h: gumbel_softmax(l, tau=t, hard=h), "mtlutils.layers.gumbel_softmax"),
+                           (lambda l, t, h: torch.nn.functional.gumbel_softmax(l, tau=t, hard=h),
+                            "torch.nn.functional.gumbel_softmax")]:
+        r = check_gumbel_softmax(sampler, verbose=False)
+        assert not r.passed and f"calls the package's {label}" in r.message, r.message
+    for route in (lambda x, w, zo, zi: filter_group_conv_masked(x, w, None, zo, zi),
+                  lambda x, w, zo, zi: filter_group_conv(x, w, None, zo, zi)):
+        r = check_filter_group_routing(route, verbose=False)
+        assert not r.passed and "calls the package's mtlutils.layers.filter_groups" in r.message, r.message
 
 
 def test_authors_frequencies_check():
@@ -489,7 +584,8 @@ def _good_verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True):
     return "held" if gap > a_std + b_std else "reversed" if gap < -(a_std + b_std) else "within the spread"
 
 
-GOOD = {"check_shared_forward": good, "check_miou": _good_miou, "check_cross_stitch_backward": _good_stitch,
+GOOD = {"check_shared_forward": good, "check_delta_mtl": _good_delta, "check_confusion_matrix": _good_confusion,
+        "check_miou": _good_miou, "check_cross_stitch_backward": _good_stitch,
         "check_dwa": _good_dwa, "check_attention": _good_attend, "check_gumbel_softmax": _gumbel,
         "check_filter_group_routing": _route, "check_authors_frequencies": _good_frequencies,
         "check_verdict": _good_verdict, "check_min_norm_two": _good_min_norm_two, "check_pcgrad": _good_pcgrad,
@@ -566,7 +662,7 @@ def test_checks_fail_broken_results_with_a_message_and_never_raise(check_name, b
     transform, says = BAD[bad]
     result = check(_broken(GOOD[check_name], transform, from_call), verbose=True)   # must not raise
     printed = capsys.readouterr().out
-    if (from_call == 2 and check_name == "check_shared_forward") or (bad == "numpy" and check_name == "check_miou"):
+    if (from_call == 2 and check_name == "check_shared_forward") or (bad == "numpy" and check_name in ("check_miou", "check_delta_mtl")):
         assert result.passed  # one call only, so no broken later call; a NumPy float is a number
         return
     if bad in ("nan", "inf") and check_name == "check_verdict":
