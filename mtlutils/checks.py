@@ -282,8 +282,7 @@ def check_delta_mtl(delta_mtl: Callable[[Mapping[str, float], Mapping[str, float
             return _report(CheckResult(name, False, f"for {where} ({kind} case): expected {expected:.6g}, got "
                                                     f"{got:.6g}{hint}", err, 1e-9), verbose)
         worst = max(worst, err)
-    return _report(CheckResult(name, True, f"{len(cases)} cases ({len(_DELTA_MTL_CASES)} hand-computed, errors and "
-                                           f"scores mixed)", worst, 1e-9), verbose)
+    return _report(CheckResult(name, True, f"{len(cases)} cases, errors and scores", worst, 1e-9), verbose)
 
 
 def _higher(key: str) -> bool:
@@ -344,7 +343,7 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
                                                     f"empty union has IoU 0/0: leave it out of the mean)"), verbose)
         worst = max(worst, abs(got - _reference_miou(conf)))
     ok = worst <= 1e-9
-    msg = "matches the definition on 5 confusion matrices" if ok else \
+    msg = "5 confusion matrices, as defined" if ok else \
         "differs from the definition (rows = true class, columns = prediction, % scale, absent classes left out?)"
     return _report(CheckResult(name, ok, msg, worst, 1e-9), verbose)
 
@@ -402,8 +401,7 @@ def check_confusion_matrix(confusion_matrix: Callable[[torch.Tensor, torch.Tenso
             return _report(CheckResult(name, False, f"differs from the counts for a batch of shape "
                                                     f"{tuple(truth.shape)}, {classes} classes{hint}", err, 0.0),
                            verbose)
-    return _report(CheckResult(name, True, f"{len(cases)} batches (void pixels, a class never predicted, an "
-                                           f"all-void batch)", 0.0, 0.0), verbose)
+    return _report(CheckResult(name, True, f"{len(cases)} batches, void left out", 0.0, 0.0), verbose)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -684,8 +682,7 @@ def check_gumbel_softmax(sampler: Callable[[torch.Tensor, float, bool], torch.Te
         return _report(CheckResult(name, False, f"tau=0 must raise ValueError, it raised {type(exc).__name__}"), verbose)
     else:
         return _report(CheckResult(name, False, "tau=0 must raise ValueError (a division by zero gives NaN)"), verbose)
-    return _report(CheckResult(name, True, f"samples follow softmax(logits) ({z:.1f} standard errors at worst), "
-                                           f"straight-through gradient, temperature and guards right",
+    return _report(CheckResult(name, True, f"frequencies ({z:.1f} std errors), gradient, tau, guards",
                                mean_error, 0.01), verbose)
 
 
@@ -750,8 +747,7 @@ def check_filter_group_routing(route: Callable[..., torch.Tensor], verbose: bool
                                                err, 1e-8), verbose)
                 worst = max(worst, err)
             worst = max(worst, result.error)
-    return _report(CheckResult(name, True, "values and gradients match the equations (T = 2, 3; one-hot and "
-                                           "relaxed groups)", worst, 1e-8), verbose)
+    return _report(CheckResult(name, True, "values and gradients match (T = 2, 3)", worst, 1e-8), verbose)
 
 
 @_never_crash("a tensor of one frequency per group, shape (len(p),)")
@@ -795,8 +791,7 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
             return _report(CheckResult(name, False, f"frequencies for p={p.tolist()} are {z:.1f} standard errors "
                                                     f"from softmax(p){also}"), verbose)
         worst = max(worst, z)
-    return _report(CheckResult(name, True, f"the authors' sampler follows Cat(softmax(p)) ({worst:.1f} standard "
-                                           f"errors at worst)"), verbose)
+    return _report(CheckResult(name, True, f"follows Cat(softmax(p)), {worst:.1f} std errors at worst"), verbose)
 
 
 # ---------------------------------------------------------------------------------------------------
