@@ -131,8 +131,7 @@ def show_dense_samples(samples, titles: Sequence[str] | None = None, num_classes
     rows = ["image"] + [k for k in ("seg", "depth", "normal") if k in samples[0]]
     fig, axes = plt.subplots(len(rows), len(samples), figsize=(scale * len(samples), scale * len(rows)),
                              squeeze=False)
-    cmap = plt.get_cmap("tab20").copy()
-    cmap.set_under("black")
+    cmap = plt.get_cmap("tab20").with_extremes(under="black")
     if class_names is not None:
         cmap, num_classes = class_colours(len(class_names)), len(class_names)
     for j, sample in enumerate(samples):
@@ -175,8 +174,7 @@ def class_colours(num_classes: int):
 
     base = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
     cmap = ListedColormap([base(i % base.N) for i in range(num_classes)], name=f"classes{num_classes}")
-    cmap.set_under("black")
-    return cmap
+    return cmap.with_extremes(under="black")
 
 
 def class_legend(fig, class_names: Sequence[str], ncol: int | None = None, void: bool = True,

@@ -40,3 +40,44 @@ def test_image_grid_and_diagrams_draw():
     assert [ax.get_title().split("\n")[0] for ax in fig.axes] == [
         "single-task networks", "hard parameter sharing", "soft parameter sharing"]
     plt.close("all")
+
+
+def _dense_sample(classes: int, seed: int = 0) -> dict:
+    gen = torch.Generator().manual_seed(seed)
+    seg = torch.randint(-1, classes, (8, 16), generator=gen)
+    depth = 1 + 4 * torch.rand(1, 8, 16, generator=gen)
+    depth[0, seg < 0] = 0
+    normal = torch.nn.functional.normalize(torch.randn(3, 8, 16, generator=gen), dim=0)
+    normal[:, seg < 0] = 0
+    return {"image": torch.rand(3, 8, 16, generator=gen), "seg": seg, "depth": depth, "normal": normal}
+
+
+def test_class_colours_are_distinct_with_black_void():
+    for classes in (2, 7, 19):
+        cmap = plots.class_colours(classes)
+        colours = {cmap(i) for i in range(classes)}
+        assert len(colours) == classes and cmap.N == classes
+        assert tuple(cmap.get_under()[:3]) == (0.0, 0.0, 0.0)
+
+
+def test_predictions_beside_truth_with_a_class_legend():
+    names = [f"class {i}" for i in range(7)]
+    truth = [_dense_sample(7, s) for s in range(2)]
+    pred = [_dense_sample(7, s + 10) for s in range(2)]
+    fig = plots.show_predictions(truth, pred, names)
+    titles = [ax.get_title() for ax in fig.axes[:7]]
+    assert titles == ["image", "seg: truth", "seg: prediction", "depth: truth", "depth: prediction",
+                      "normal: truth", "normal: prediction"]
+    legend = fig.legends[0]
+    assert [t.get_text() for t in legend.get_texts()] == names + ["void (no label)"]
+    fig = plots.show_dense_samples(truth, class_names=names)
+    assert fig.legends and len(fig.legends[0].get_texts()) == 8
+    plt.close("all")
+
+
+def test_sfg_routing_diagram_has_three_panels():
+    fig = plots.sfg_routing_diagram()
+    titles = [ax.get_title() for ax in fig.axes]
+    assert len(titles) == 3 and titles[0].startswith("(a)") and "unpooling" in titles[2]
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == ["task 1", "shared", "task 2"]
+    plt.close("all")
