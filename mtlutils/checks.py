@@ -645,21 +645,27 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
 # ---------------------------------------------------------------------------------------------------
 # chapter 6
 @_never_crash("one of the strings 'held', 'reversed', 'within the spread'")
+@_never_crash("a string: 'held', 'reversed' or 'within the spread'")
 def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckResult:
     """Chapter 6 exercise: the claim rule ``verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True)``.
 
     "A is better than B" is ``"held"`` when A's mean beats B's by more than ``a_std + b_std``,
     ``"reversed"`` when it is worse by more than that, ``"within the spread"`` otherwise (also at a gap
-    equal to the spread). Tried for higher- and lower-is-better metrics and at the boundary.
+    equal to the spread). Tried for higher- and lower-is-better metrics and at the boundary; calling the
+    package's rule (``mtlutils.tables.verdict``, also ``mtlutils.experiments.verdict``) is a FAIL.
     """
+    from .tables import verdict as package_verdict
+
     name = "check_verdict"
+    watch = _Watch({"mtlutils.tables.verdict": package_verdict})
     cases = [((2.0, 0.5, 1.0, 0.25), True, "held"), ((1.0, 0.5, 2.0, 0.25), True, "reversed"),
              ((1.25, 0.5, 1.0, 0.25), True, "within the spread"), ((1.5, 0.25, 1.0, 0.25), True, "within the spread"),
              ((1.0, 0.25, 1.5, 0.25), True, "within the spread"), ((3.0, 0.0, 1.0, 0.0), True, "held"),
              ((1.0, 0.125, 2.0, 0.125), False, "held"), ((2.0, 0.125, 1.0, 0.125), False, "reversed"),
              ((1.0, 1.0, 1.5, 1.0), False, "within the spread")]
     for (a_mean, a_std, b_mean, b_std), higher, expected in cases:
-        got, failure = _run(name, lambda: verdict(a_mean, a_std, b_mean, b_std, higher_is_better=higher))
+        got, failure = _watched_run(name, watch, lambda: verdict(a_mean, a_std, b_mean, b_std,
+                                                                 higher_is_better=higher))
         if failure is not None:
             return _report(failure, verbose)
         if not isinstance(got, str) or got != expected:

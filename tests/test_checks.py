@@ -266,8 +266,17 @@ def test_verdict_check():
         return good(a_mean, a_std, b_mean, 0.0, higher_is_better)
 
     assert check_verdict(good, verbose=False).passed
+    from mtlutils import tables
     from mtlutils.experiments import verdict
-    assert check_verdict(verdict, verbose=False).passed       # the rule chapter 6 uses
+    for cases in [(2.0, 0.5, 1.0, 0.25), (1.0, 0.5, 2.0, 0.25), (1.5, 0.25, 1.0, 0.25), (1.0, 0.1, 1.5, 0.2)]:
+        for higher in (True, False):       # the rule chapter 6 uses agrees with the reference
+            assert verdict(*cases, higher_is_better=higher) == good(*cases, higher_is_better=higher)
+    # ... and the check refuses a solution that calls it, by any route
+    for caller in (verdict, lambda *a, **k: tables.verdict(*a, **k), lambda *a, **k: verdict(*a, **k)):
+        result = check_verdict(caller, verbose=False)
+        assert not result.passed and "calls the package's mtlutils.tables.verdict" in result.message
+    assert not check_verdict(lambda *a, **k: float("nan"), verbose=False).passed
+    assert not check_verdict(lambda *a, **k: None, verbose=False).passed
     for wrong in (ignores_direction, inclusive, one_std):
         assert not check_verdict(wrong, verbose=False).passed, wrong.__name__
 
