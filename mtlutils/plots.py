@@ -127,8 +127,10 @@ def show_dense_samples(samples, titles: Sequence[str] | None = None, num_classes
     import numpy as np
 
     rows = ["image"] + [k for k in ("seg", "depth", "normal") if k in samples[0]]
-    fig, axes = plt.subplots(len(rows), len(samples), figsize=(scale * len(samples), scale * len(rows)),
-                             squeeze=False)
+    height, width = samples[0]["image"].shape[-2:]
+    aspect = min(1.0, max(0.5, height / width + 0.1))   # wide images need less height per row
+    fig, axes = plt.subplots(len(rows), len(samples),
+                             figsize=(scale * len(samples), scale * len(rows) * aspect), squeeze=False)
     cmap = plt.get_cmap("tab20").copy()
     cmap.set_under("black")
     for j, sample in enumerate(samples):
@@ -171,15 +173,16 @@ def class_colours(num_classes: int):
 
 
 def add_class_legend(fig, class_names: Sequence[str], ncol: int | None = None, fontsize: int = 8,
-                     loc: str = "lower center", **kwargs):
-    """A legend of class colours (as the segmentation panels draw them) under a figure."""
+                     loc: str = "upper center", bbox_to_anchor=(0.5, 0.0), **kwargs):
+    """A legend of class colours (as the segmentation panels draw them) just under a figure."""
     from matplotlib.patches import Patch
 
     colours = class_colours(len(class_names))
     handles = [Patch(facecolor=colours[c], edgecolor="#555", label=name) for c, name in enumerate(class_names)]
     handles.append(Patch(facecolor="black", edgecolor="#555", label="void (no label)"))
     ncol = ncol or min(len(handles), 7)
-    return fig.legend(handles=handles, loc=loc, ncol=ncol, fontsize=fontsize, frameon=False, **kwargs)
+    return fig.legend(handles=handles, loc=loc, ncol=ncol, fontsize=fontsize, frameon=False,
+                      bbox_to_anchor=bbox_to_anchor, **kwargs)
 
 
 def show_segmentation(ax, labels, num_classes: int) -> None:
