@@ -214,6 +214,7 @@ def plot_points(frame: pd.DataFrame, x: str, y: str, hue: str | None = None, ord
     order = list(order) if order is not None else list(dict.fromkeys(frame[x]))
     hues = [None] if hue is None else (list(hue_order) if hue_order is not None else list(dict.fromkeys(frame[hue])))
     width = dodge * (len(hues) - 1)
+    labelled: set = set()
     for k, h in enumerate(hues):
         colour = f"C{k}"
         offset = -width / 2 + dodge * k if len(hues) > 1 else 0.0
@@ -228,8 +229,10 @@ def plot_points(frame: pd.DataFrame, x: str, y: str, hue: str | None = None, ord
                 continue
             ax.scatter(np.full(len(values), i + offset - 0.06), values, s=14, alpha=0.45, color=colour)
             spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            label = str(h) if h is not None and h not in labelled else None
+            labelled.add(h)
             ax.errorbar(i + offset + 0.04, values.mean(), yerr=spread, fmt="o", color=colour, capsize=4,
-                        label=(str(h) if h is not None and i == 0 else None))
+                        label=label)
     if zero_line:
         ax.axhline(0, color="grey", lw=0.8)
     ax.set_xticks(range(len(order)), [(labels or {}).get(k, k) for k in order], rotation=25, ha="right")

@@ -78,3 +78,12 @@ def test_paper_diagrams_draw():
     fig = plots.mtan_diagram(("seg", "depth"))
     assert sum(t.get_text() == "⊙" for t in fig.axes[0].texts) == 2 * 10
     plt.close("all")
+
+
+def test_point_plot_legend_names_every_hue_even_if_absent_from_the_first_group():
+    import pandas as pd
+
+    frame = pd.DataFrame({"model": ["a", "b", "b"], "w": ["x", "x", "y"], "d": [1.0, 2.0, 3.0]})
+    ax = plots.plot_points(frame, "model", "d", hue="w")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+    plt.close("all")
