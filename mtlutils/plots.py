@@ -282,7 +282,7 @@ def mtan_block_diagram():
     from [u; f(â^(j-1))] through g and h, multiplying the block's last feature p (eq-mtan-attend)."""
     fig, ax = plt.subplots(figsize=(10, 3.4))
     ax.set_xlim(0, 11)
-    ax.set_ylim(0, 3.6)
+    ax.set_ylim(-0.1, 3.6)
     ax.axis("off")
     shared, task = "#cfd8dc", "#ffe0b2"
     _box(ax, 0.2, 2.6, 1.6, 0.6, "block input", "white")
@@ -303,14 +303,13 @@ def mtan_block_diagram():
     _arrow(ax, 4.0, 0.7, 4.5, 0.7)
     _arrow(ax, 6.0, 0.7, 6.4, 0.7)
     _arrow(ax, 7.9, 0.7, 8.3, 0.7)
-    ax.text(8.1, 0.95, "mask $a_i^{(j)}$", fontsize=8, ha="center")
+    ax.text(8.1, 0.12, "mask $a_i^{(j)}$", fontsize=8, ha="center")
     _arrow(ax, 9.2, 0.7, 9.7, 0.7)
     _arrow(ax, 3.1, 2.6, 4.9, 1.0)            # u joins g's input (concatenated)
     ax.text(3.55, 1.55, "concat $u^{(j)}$", fontsize=8)
     _arrow(ax, 5.2, 2.6, 8.75, 1.0)           # p is what the mask multiplies
     ax.text(7.25, 1.95, "$p^{(j)}$", fontsize=9)
-    ax.text(10.25, 1.25, "to block $j+1$\n(via $f^{(j+1)}$)", fontsize=8, ha="center")
-    _arrow(ax, 10.25, 1.0, 10.25, 1.15, style="-")
+    ax.text(10.25, 1.15, "to block $j+1$\n(via $f^{(j+1)}$)", fontsize=8, ha="center")
     ax.set_title("one encoder block of MTAN: shared network (top), attention path of task i (bottom)",
                  fontsize=10)
     fig.tight_layout()
