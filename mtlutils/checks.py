@@ -33,11 +33,16 @@ class CheckResult:
         return self.passed
 
     def __str__(self) -> str:
+        """``PASS|FAIL name: message (max error ..., tolerance ...)``, wrapped at 88 columns (indented
+        continuation lines), so that it fits a notebook output and the book's page."""
+        import textwrap
+
         status = "PASS" if self.passed else "FAIL"
         measured = ""
         if self.error is not None and self.tolerance is not None:
             measured = f" (max error {self.error:.3g}, tolerance {self.tolerance:.0e})"
-        return f"{status} {self.name}: {self.message}{measured}"
+        return textwrap.fill(f"{status} {self.name}: {self.message}{measured}", width=88,
+                             subsequent_indent="    ", break_on_hyphens=False)
 
 
 def _report(result: CheckResult, verbose: bool) -> CheckResult:
