@@ -33,11 +33,16 @@ class CheckResult:
         return self.passed
 
     def __str__(self) -> str:
+        """``PASS|FAIL name: message (max error ..., tolerance ...)``, wrapped at 88 columns (indented
+        continuation lines), so that it fits a notebook output and the book's page."""
+        import textwrap
+
         status = "PASS" if self.passed else "FAIL"
         measured = ""
         if self.error is not None and self.tolerance is not None:
             measured = f" (max error {self.error:.3g}, tolerance {self.tolerance:.0e})"
-        return f"{status} {self.name}: {self.message}{measured}"
+        return textwrap.fill(f"{status} {self.name}: {self.message}{measured}", width=88,
+                             subsequent_indent="    ", break_on_hyphens=False)
 
 
 def _report(result: CheckResult, verbose: bool) -> CheckResult:
@@ -415,13 +420,15 @@ def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bo
     (shape ``(2, 2)``), the unit's inputs ``x_a, x_b`` (N, C, H, W) and ``grad_a = ∂L/∂x̃_A``,
     ``grad_b = ∂L/∂x̃_B``, and returns ``(∂L/∂x_A, ∂L/∂x_B, ∂L/∂α)`` (Eq. 2 and the corrected Eq. 3).
     The result is compared in float64 with :class:`mtlutils.layers.CrossStitchFunction` on random
-    inputs of three shapes, and the student's backward must pass ``torch.autograd.gradcheck``.
+    inputs of three shapes, and the student's backward must pass ``torch.autograd.gradcheck``. Calling
+    the package's cross-stitch code (``CrossStitchFunction``, ``CrossStitch``, ``cross_stitch``) is a FAIL.
     """
     from torch.autograd import gradcheck
 
     from .layers.cross_stitch import CrossStitchFunction, mix
 
     name = "check_cross_stitch_backward"
+    watch = _cross_stitch_watch()
     gen = torch.Generator().manual_seed(seed)
     worst, swapped, tol = 0.0, True, 1e-10
     for shape in ((2, 3, 4, 5), (3, 1, 2, 2), (1, 4, 3, 1)):
@@ -431,7 +438,7 @@ def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bo
         torch.autograd.backward(CrossStitchFunction.apply(alpha, *xs), grads)
         expected = (xs[0].grad, xs[1].grad, alpha.grad)
         inputs = [t.detach().clone() for t in (alpha, *xs, *grads)]
-        got, failure = _run(name, lambda: stitch_backward(*inputs))
+        got, failure = _watched_run(name, watch, lambda: stitch_backward(*inputs))
         if failure is not None:
             return _report(failure, verbose)
         if not isinstance(got, (tuple, list)) or len(got) != 3:
@@ -481,6 +488,187 @@ def check_cross_stitch_backward(stitch_backward: Callable[..., Any], verbose: bo
                    verbose)
 
 
+def _unwrapped(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The function under decorators such as ``once_differentiable`` (whose wrapper code is shared)."""
+    return inspect.unwrap(function)
+
+
+def _cross_stitch_watch() -> "_Watch":
+    """Watches the package's cross-stitch implementations (forward, hand-written backward, layer)."""
+    from .layers import cross_stitch as cs
+
+    return _Watch({"CrossStitchFunction.forward": cs.CrossStitchFunction.forward,
+                   "CrossStitchFunction.backward": _unwrapped(cs.CrossStitchFunction.backward),
+                   "cross_stitch": cs.cross_stitch, "layers.cross_stitch.mix": cs.mix,
+                   "CrossStitch.forward": cs.CrossStitch.forward})
+
+
+def _is_function_class(unit: Any) -> bool:
+    return isinstance(unit, type) and issubclass(unit, torch.autograd.Function)
+
+
+def _unit_outputs(name: str, got: Any, count: int, shape: tuple[int, ...], what: str) -> CheckResult | None:
+    """None when ``got`` is ``count`` finite tensors of ``shape`` (a tuple/list, or one stacked tensor when
+    ``count`` is 0); else the FAIL that says what was expected."""
+    if count == 0:
+        if not isinstance(got, torch.Tensor) or tuple(got.shape) != shape:
+            return CheckResult(name, False, f"{what}: got {_describe(got)}; expected one tensor of shape {shape}")
+        items = [got]
+    else:
+        if not isinstance(got, (tuple, list)) or len(got) != count:
+            return CheckResult(name, False, f"{what}: got {_describe(got)}; expected a tuple of {count} tensors "
+                                            f"of shape {shape}")
+        items = list(got)
+        for i, item in enumerate(items):
+            if not isinstance(item, torch.Tensor) or tuple(item.shape) != shape:
+                return CheckResult(name, False, f"{what}[{i}]: got {_describe(item)}; expected a tensor of "
+                                                f"shape {shape}")
+    where = _non_finite(items if count else got, what)
+    if where is not None:
+        return _not_finite_result(name, where)
+    return None
+
+
+def _function_run(name: str, watch: "_Watch", call: Callable[[], Any], expects: str
+                  ) -> tuple[Any, CheckResult | None]:
+    """:func:`_watched_run`, and an exception other than the stub's also says what was expected."""
+    got, failure = _watched_run(name, watch, call)
+    if failure is not None and failure.message.startswith("raised"):
+        failure.message += f"; expected {expects}"
+    return got, failure
+
+
+def _check_stitch_function(name: str, unit: Any, cases: list[tuple[int, tuple[int, ...], bool]],
+                           stacked: bool, verbose: bool, seed: int) -> CheckResult:
+    """Shared body of :func:`check_cross_stitch_unit` (two tasks, ``apply(alpha, x_a, x_b)``) and
+    :func:`check_cross_stitch_tasks` (T tasks stacked, ``apply(alpha, x)``)."""
+    from torch.autograd import gradcheck
+
+    from .layers.cross_stitch import CrossStitchFunction, mix
+
+    call = "apply(alpha, x)" if stacked else "apply(alpha, x_a, x_b)"
+    expects = (f"a torch.autograd.Function subclass (the class itself) whose {call} mixes the task activations "
+               f"(Eq. 1) and whose backward returns the gradients of Eq. 2 and the corrected Eq. 3")
+    if not _is_function_class(unit):
+        return _report(CheckResult(name, False, f"got {_describe(unit)}; expected {expects}"), verbose)
+    watch = _cross_stitch_watch()
+    gen = torch.Generator().manual_seed(seed)
+    worst, swapped, tol = 0.0, True, 1e-10
+    for tasks, shape, per_channel in cases:
+        channels = shape[1]
+        a_shape = (tasks, tasks, channels) if per_channel else (tasks, tasks)
+        alpha = torch.rand(*a_shape, generator=gen, dtype=torch.float64).requires_grad_()
+        xs = [torch.randn(*shape, generator=gen, dtype=torch.float64).requires_grad_() for _ in range(tasks)]
+        weights = [torch.randn(*shape, generator=gen, dtype=torch.float64) for _ in range(tasks)]
+        outputs = CrossStitchFunction.apply(alpha, *xs)
+        expected_values = list(mix(alpha.detach(), [x.detach() for x in xs]))
+        expected_grads = torch.autograd.grad(outputs, [alpha, *xs], weights)
+        s_alpha = alpha.detach().clone().requires_grad_()
+        s_xs = [x.detach().clone().requires_grad_() for x in xs]
+        if stacked:
+            s_x = torch.stack(s_xs).detach().requires_grad_()
+            got, failure = _function_run(name, watch, lambda: unit.apply(s_alpha, s_x), expects)
+            what, want_shape, count = "the forward's output", (tasks, *shape), 0
+        else:
+            got, failure = _function_run(name, watch, lambda: unit.apply(s_alpha, *s_xs), expects)
+            what, want_shape, count = "the forward's outputs", shape, 2
+        if failure is not None:
+            return _report(failure, verbose)
+        problem = _unit_outputs(name, got, count, want_shape, what)
+        if problem is not None:
+            return _report(problem, verbose)
+        values = list(got) if count else list(got.unbind(0))
+        worst = max(worst, max(max_error(v, e) for v, e in zip(values, expected_values)))
+        if worst > tol:
+            return _report(CheckResult(name, False, f"forward differs from Eq. 1 (x~_i = sum_j alpha_ij x_j, "
+                                                    f"alpha {a_shape})", worst, tol), verbose)
+        inputs = [s_alpha, s_x] if stacked else [s_alpha, *s_xs]
+        grad_out = [torch.stack(weights)] if stacked else weights
+        grads, failure = _function_run(
+            name, watch, lambda: torch.autograd.grad(got if count else [got], inputs, grad_out, allow_unused=True),
+            "the backward to return one gradient per input of forward, shaped like it")
+        if failure is not None:
+            if "invalid gradient at index 0" in failure.message:
+                failure.message += (f" (the gradient of alpha must have alpha's shape {a_shape}"
+                                    + ("" if per_channel else ": one alpha per layer sums over the channels too")
+                                    + ")")
+            return _report(failure, verbose)
+        if stacked:
+            grads = (grads[0], None if grads[1] is None else grads[1].unbind(0))
+            grad_xs = grads[1]
+        else:
+            grad_xs = grads[1:]
+        grad_alpha = grads[0]
+        if grad_alpha is None or grad_xs is None or any(g is None for g in grad_xs):
+            return _report(CheckResult(name, False, "the backward returned None for alpha or an input; expected a "
+                                                    "gradient for every input of forward"), verbose)
+        where = _non_finite([grad_alpha, *grad_xs])
+        if where is not None:
+            return _report(_not_finite_result(name, f"the gradients {where}"), verbose)
+        err_x = max(max_error(g, e) for g, e in zip(grad_xs, expected_grads[1:]))
+        err_alpha = max_error(grad_alpha, expected_grads[0])
+        worst = max(worst, err_x, err_alpha)
+        swapped = swapped and max_error(grad_alpha, expected_grads[0].transpose(0, 1)) <= tol < err_alpha
+        if worst > tol:
+            if err_x > tol:
+                message = "the gradient to the inputs differs from Eq. 2 (back through the transposed alpha)"
+            elif swapped:
+                message = ("the gradient of alpha has alpha_ij and alpha_ji swapped: that is Eq. 3 as printed in "
+                           "the paper; alpha_AB multiplies x_B in x~_A, so dL/dalpha_AB = sum dL/dx~_A * x_B")
+            elif grad_alpha.shape != expected_grads[0].shape:
+                message = f"the gradient of alpha must have alpha's shape {a_shape}, got {tuple(grad_alpha.shape)}"
+            else:
+                message = ("the gradient of alpha differs from the corrected Eq. 3 (summed over the batch and the "
+                           "locations" + ("" if per_channel else ", and over the channels for one alpha per layer")
+                           + ")")
+            return _report(CheckResult(name, False, message, worst, tol), verbose)
+    # the student's backward against finite differences of the student's forward, on one more input
+    tasks, shape, per_channel = cases[0]
+    a_shape = (tasks, tasks, shape[1]) if per_channel else (tasks, tasks)
+    alpha = torch.rand(*a_shape, generator=gen, dtype=torch.float64).requires_grad_()
+    xs = [torch.randn(2, shape[1], 2, 2, generator=gen, dtype=torch.float64) for _ in range(tasks)]
+    args = (alpha, torch.stack(xs).requires_grad_()) if stacked else (alpha, *(x.requires_grad_() for x in xs))
+    passed, failure = _function_run(name, watch, lambda: gradcheck(unit.apply, args, raise_exception=False),
+                                    "a backward that passes torch.autograd.gradcheck")
+    if failure is not None or not passed:
+        return _report(failure or CheckResult(name, False, "matches the reference on the test inputs but fails "
+                                                           "torch.autograd.gradcheck on another one"), verbose)
+    sizes = sorted({c[0] for c in cases})
+    return _report(CheckResult(name, True, f"matches the package for T = {', '.join(map(str, sizes))}; "
+                                           f"gradcheck passes", worst, tol), verbose)
+
+
+@_never_crash("a torch.autograd.Function subclass: apply(alpha, x_a, x_b) -> (x~_A, x~_B)")
+def check_cross_stitch_unit(unit: Any, verbose: bool = True, seed: int = 0) -> CheckResult:
+    """Chapter 3: the two-task cross-stitch unit with one α matrix per channel, written as a
+    ``torch.autograd.Function`` (the class itself is passed).
+
+    ``unit.apply(alpha, x_a, x_b)`` with ``alpha`` of shape ``(2, 2, C)`` and activations ``(N, C, H, W)``
+    must return ``(x̃_A, x̃_B)`` (Eq. 1); its backward must return ``(∂L/∂α, ∂L/∂x_A, ∂L/∂x_B)`` (Eq. 2 and
+    the corrected Eq. 3). Values and gradients are compared in float64 with
+    :class:`mtlutils.layers.CrossStitchFunction` on three shapes, and the unit must pass
+    ``torch.autograd.gradcheck``. Calling the package's cross-stitch code is a FAIL.
+    """
+    cases = [(2, (2, 3, 4, 5), True), (2, (3, 1, 2, 2), True), (2, (1, 4, 3, 1), True)]
+    return _check_stitch_function("check_cross_stitch_unit", unit, cases, False, verbose, seed)
+
+
+@_never_crash("a torch.autograd.Function subclass: apply(alpha, x) -> x~, x stacked (T, N, C, ...)")
+def check_cross_stitch_tasks(unit: Any, verbose: bool = True, seed: int = 0) -> CheckResult:
+    """Chapter 3: the cross-stitch unit for ``T`` tasks and both granularities, written as a
+    ``torch.autograd.Function`` on stacked activations (the class itself is passed).
+
+    ``unit.apply(alpha, x)`` with ``x`` of shape ``(T, N, C, H, W)`` and ``alpha`` of shape ``(T, T, C)``
+    (per channel) or ``(T, T)`` (per layer) must return ``X̃ = αX`` stacked the same way, and its backward
+    ``(∂L/∂α, ∂L/∂X)`` with ``∂L/∂X = αᵀ ∂L/∂X̃`` and ``∂L/∂α = Σ ∂L/∂X̃ Xᵀ`` (summed over the channels too
+    per layer). Compared in float64 with :class:`mtlutils.layers.CrossStitchFunction` for T = 2, 3, 4 and
+    both granularities, plus ``gradcheck``. Calling the package's cross-stitch code is a FAIL.
+    """
+    cases = [(3, (2, 4, 3, 3), True), (3, (2, 4, 3, 3), False), (2, (3, 2, 2, 5), False),
+             (4, (1, 3, 2, 2), True)]
+    return _check_stitch_function("check_cross_stitch_tasks", unit, cases, True, verbose, seed)
+
+
 # ---------------------------------------------------------------------------------------------------
 # chapter 4 (MTAN and Dynamic Weight Average)
 @_never_crash("a tensor of K weights, shape (K,)")
@@ -491,18 +679,21 @@ def check_dwa(dwa_weights: Callable[[torch.Tensor, float], torch.Tensor], verbos
     ``history`` is a float64 tensor ``(E, K)`` of epoch-mean unweighted losses (row e = epoch e + 1); the
     result holds the weights of epoch E + 1: ones while E < 2, else ``K softmax(w / T)`` with
     ``w = history[-1] / history[-2]``. Compared with :func:`mtlutils.weighting.dwa_weights` for 0 to 6
-    epochs, 2 to 4 tasks and temperatures from 0.1 to 50.
+    epochs, 2 to 4 tasks and temperatures from 0.1 to 50. Calling the package's ``dwa_weights`` or its
+    ``DWA`` weighting is a FAIL.
     """
-    from .weighting import dwa_weights as reference
+    from .weighting import DWA, dwa_weights as reference
 
     name = "check_dwa"
+    watch = _Watch({"weighting.dwa_weights": reference, "DWA.end_epoch": DWA.end_epoch,
+                    "DWA._update": DWA._update, "DWA.weights": DWA.weights})
     gen = torch.Generator().manual_seed(seed)
     worst = 0.0
     for epochs in (0, 1, 2, 3, 6):
         for k in (2, 3, 4):
             history = torch.rand(epochs, k, generator=gen, dtype=torch.float64) * 2 + 0.05
             for temperature in (0.1, 2.0, 50.0):
-                got, failure = _run(name, lambda: dwa_weights(history.clone(), temperature))
+                got, failure = _watched_run(name, watch, lambda: dwa_weights(history.clone(), temperature))
                 if failure is not None:
                     return _report(failure, verbose)
                 expected = reference(history, temperature)
@@ -579,6 +770,97 @@ def check_attention(attend: Callable[..., Any], verbose: bool = True, seed: int 
     msg = ("matches AttentionModule with and without prev" if ok else
            "differs from AttentionModule (order of [u; prev]? sigmoid mask times p?)")
     return _report(CheckResult(name, ok, msg, worst, 1e-10), verbose)
+
+
+def _attention_watch() -> "_Watch":
+    """Watches the package's attention module (building one, its mask, its forward, the batched path)."""
+    from .layers import attention
+
+    return _Watch({"AttentionModule.__init__": attention.AttentionModule.__init__,
+                   "AttentionModule.mask": attention.AttentionModule.mask,
+                   "AttentionModule.forward": attention.AttentionModule.forward,
+                   "layers.attention.stacked_masks": attention.stacked_masks})
+
+
+@_never_crash("an nn.Module class: cls(in_channels, out_channels), forward(u, p, prev=None) -> (attended, mask)")
+def check_attention_module(module_class: Any, verbose: bool = True, seed: int = 0) -> CheckResult:
+    """Chapter 4: MTAN's attention module built from scratch (the class itself is passed).
+
+    ``module_class(in_channels, out_channels)`` must hold ``g`` (1×1 conv, batch norm, ReLU) and ``h`` (1×1
+    conv, batch norm, sigmoid) with the parameter names of :class:`mtlutils.layers.AttentionModule`
+    (``g.0.weight`` ...), so that it loads the reference's weights; ``forward(u, p, prev=None)`` must
+    return ``(attended, mask)`` with ``mask = h(g([u; prev]))`` (``g(u)`` at the first block) and
+    ``attended = mask ⊙ p``. Compared in float64 with the reference in training and in evaluation mode,
+    with and without ``prev``, with random batch-norm parameters and statistics. Building, subclassing or
+    calling the package's ``AttentionModule`` is a FAIL.
+    """
+    from .layers import AttentionModule
+
+    name = "check_attention_module"
+    expects = ("an nn.Module class built as module_class(in_channels, out_channels) whose forward(u, p, prev) "
+               "returns (attended, mask)")
+    if not (isinstance(module_class, type) and issubclass(module_class, nn.Module)):
+        return _report(CheckResult(name, False, f"got {_describe(module_class)}; expected {expects}"), verbose)
+    if issubclass(module_class, AttentionModule):
+        return _report(CheckResult(name, False, "subclasses the package's AttentionModule: build g and h "
+                                                "yourself from nn.Conv2d, nn.BatchNorm2d and the activations"),
+                       verbose)
+    watch = _attention_watch()
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    worst, tol = 0.0, 1e-10
+    for c_u, c_prev, c in ((4, 0, 4), (6, 6, 6), (5, 3, 2)):
+        reference = AttentionModule(c_u + c_prev, c).double()
+        with torch.no_grad():   # batch-norm parameters and statistics away from their defaults
+            for bn in (reference.g[1], reference.h[1]):
+                bn.weight.uniform_(0.5, 1.5, generator=gen)
+                bn.bias.uniform_(-0.5, 0.5, generator=gen)
+                bn.running_mean.uniform_(-0.5, 0.5, generator=gen)
+                bn.running_var.uniform_(0.5, 2.0, generator=gen)
+        student, failure = _function_run(name, watch, lambda: module_class(c_u + c_prev, c), expects)
+        if failure is not None:
+            return _report(failure, verbose)
+        if not isinstance(student, nn.Module):
+            return _report(CheckResult(name, False, f"module_class(...) gave {_describe(student)}; expected "
+                                                    f"{expects}"), verbose)
+        student = student.double()
+        want = reference.state_dict()
+        have = student.state_dict()
+        if set(have) != set(want) or any(have[k].shape != want[k].shape for k in want):
+            missing = sorted(set(want) - set(have))[:3]
+            return _report(CheckResult(name, False, f"its parameters and buffers do not match AttentionModule's "
+                                                    f"(missing or misshapen: {missing or 'shapes differ'}); "
+                                                    f"expected g = Sequential(Conv2d 1x1, BatchNorm2d, ReLU) "
+                                                    f"and h = Sequential(Conv2d 1x1, BatchNorm2d, Sigmoid)"),
+                           verbose)
+        student.load_state_dict(want)
+        u = torch.randn(3, c_u, 5, 4, generator=gen, dtype=torch.float64)
+        p = torch.randn(3, c, 5, 4, generator=gen, dtype=torch.float64)
+        prev = torch.randn(3, c_prev, 5, 4, generator=gen, dtype=torch.float64) if c_prev else None
+        for mode in ("train", "eval"):
+            reference.train(mode == "train")
+            student.train(mode == "train")
+            with torch.no_grad():
+                mask = reference.mask(u, prev)
+                expected = {"attended": mask * p, "mask": mask}
+                got, failure = _function_run(name, watch, lambda: student(u, p, prev), expects)
+            if failure is not None:
+                return _report(failure, verbose)
+            if not isinstance(got, (tuple, list)) or len(got) != 2:
+                return _report(CheckResult(name, False, f"forward must return (attended, mask), got "
+                                                        f"{_describe(got)}; expected two tensors shaped like p "
+                                                        f"{tuple(p.shape)}"), verbose)
+            result = check_close(name, {"attended": got[0], "mask": got[1]}, expected, tol=tol, verbose=False)
+            if not result.passed and result.error is None:
+                return _report(result, verbose)
+            worst = max(worst, result.error)
+            if result.error > tol:
+                hint = (" (returned (mask, attended)? the order is (attended, mask))"
+                        if max_error(got[1], expected["attended"]) <= tol else
+                        " (order of [u; prev]? sigmoid mask times p?)")
+                return _report(CheckResult(name, False, f"differs from AttentionModule in {mode} mode{hint}",
+                                           result.error, tol), verbose)
+    return _report(CheckResult(name, True, "matches AttentionModule (train and eval)", worst, tol), verbose)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -797,21 +1079,27 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
 # ---------------------------------------------------------------------------------------------------
 # chapter 6
 @_never_crash("one of the strings 'held', 'reversed', 'within the spread'")
+@_never_crash("a string: 'held', 'reversed' or 'within the spread'")
 def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckResult:
     """Chapter 6 exercise: the claim rule ``verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True)``.
 
     "A is better than B" is ``"held"`` when A's mean beats B's by more than ``a_std + b_std``,
     ``"reversed"`` when it is worse by more than that, ``"within the spread"`` otherwise (also at a gap
-    equal to the spread). Tried for higher- and lower-is-better metrics and at the boundary.
+    equal to the spread). Tried for higher- and lower-is-better metrics and at the boundary; calling the
+    package's rule (``mtlutils.tables.verdict``, also ``mtlutils.experiments.verdict``) is a FAIL.
     """
+    from .tables import verdict as package_verdict
+
     name = "check_verdict"
+    watch = _Watch({"mtlutils.tables.verdict": package_verdict})
     cases = [((2.0, 0.5, 1.0, 0.25), True, "held"), ((1.0, 0.5, 2.0, 0.25), True, "reversed"),
              ((1.25, 0.5, 1.0, 0.25), True, "within the spread"), ((1.5, 0.25, 1.0, 0.25), True, "within the spread"),
              ((1.0, 0.25, 1.5, 0.25), True, "within the spread"), ((3.0, 0.0, 1.0, 0.0), True, "held"),
              ((1.0, 0.125, 2.0, 0.125), False, "held"), ((2.0, 0.125, 1.0, 0.125), False, "reversed"),
              ((1.0, 1.0, 1.5, 1.0), False, "within the spread")]
     for (a_mean, a_std, b_mean, b_std), higher, expected in cases:
-        got, failure = _run(name, lambda: verdict(a_mean, a_std, b_mean, b_std, higher_is_better=higher))
+        got, failure = _watched_run(name, watch, lambda: verdict(a_mean, a_std, b_mean, b_std,
+                                                                 higher_is_better=higher))
         if failure is not None:
             return _report(failure, verbose)
         if not isinstance(got, str) or got != expected:

@@ -123,17 +123,17 @@ def show_dense_samples(samples, titles: Sequence[str] | None = None, num_classes
     """One column per sample, rows: image, segmentation (void black), depth (metres), normals as RGB.
 
     ``samples`` is a list of dict samples with keys ``image`` and any of ``seg``, ``depth``, ``normal``.
-    With ``class_names`` the segmentation uses :func:`class_colours` and a legend of the classes is drawn
-    under the figure.
+    With ``class_names`` a legend of the class colours (:func:`add_class_legend`) is drawn under the figure.
     """
     import numpy as np
 
     rows = ["image"] + [k for k in ("seg", "depth", "normal") if k in samples[0]]
-    fig, axes = plt.subplots(len(rows), len(samples), figsize=(scale * len(samples), scale * len(rows)),
-                             squeeze=False)
+    height, width = samples[0]["image"].shape[-2:]
+    aspect = min(1.0, max(0.5, height / width + 0.1))   # wide images need less height per row
+    fig, axes = plt.subplots(len(rows), len(samples),
+                             figsize=(scale * len(samples), scale * len(rows) * aspect), squeeze=False)
     cmap = plt.get_cmap("tab20").with_extremes(under="black")
-    if class_names is not None:
-        cmap, num_classes = class_colours(len(class_names)), len(class_names)
+    num_classes = len(class_names) if class_names is not None else num_classes
     for j, sample in enumerate(samples):
         for i, row in enumerate(rows):
             ax = axes[i, j]
@@ -148,12 +148,8 @@ def show_dense_samples(samples, titles: Sequence[str] | None = None, num_classes
                     ax.set_title(titles[j], fontsize=9)
             elif row == "seg":
                 seg = sample["seg"].cpu().numpy().astype(float)
-                seg[seg < 0] = -0.5 if class_names is None else -1.0
-                if class_names is None:
-                    ax.imshow(seg, cmap=cmap, vmin=-0.01, vmax=max(19, (num_classes or 20) - 1),
-                              interpolation="nearest")
-                else:
-                    ax.imshow(seg, cmap=cmap, vmin=-0.5, vmax=num_classes - 0.5, interpolation="nearest")
+                seg[seg < 0] = -0.5
+                ax.imshow(seg, cmap=cmap, vmin=-0.01, vmax=max(19, (num_classes or 20) - 1), interpolation="nearest")
             elif row == "depth":
                 depth = sample["depth"][0].cpu().numpy()
                 shown = np.ma.masked_where(depth <= 0, depth)
@@ -163,43 +159,225 @@ def show_dense_samples(samples, titles: Sequence[str] | None = None, num_classes
                 ax.imshow(normals_to_rgb(sample["normal"]))
     fig.tight_layout()
     if class_names is not None and "seg" in rows:
-        class_legend(fig, class_names, y=0.0)
+        add_class_legend(fig, class_names)
     return fig
 
 
+# ---------------------------------------------------------------------------------------------------
+# segmentation colours, shared by every figure of labels or predictions
 def class_colours(num_classes: int):
-    """A ``ListedColormap`` with one colour per class (tab20 up to 20 classes), black for void pixels
-    (values below 0: use ``vmin=0`` and ``cmap.set_under``). The same colours in every figure and legend."""
-    from matplotlib.colors import ListedColormap
+    """The RGBA colour of every class ``0 .. num_classes - 1`` as :func:`show_dense_samples` and
+    :func:`show_segmentation` draw it (``tab20``; void pixels, label -1, are black)."""
+    import matplotlib.colors as mcolors
 
-    base = plt.get_cmap("tab20" if num_classes > 10 else "tab10")
-    cmap = ListedColormap([base(i % base.N) for i in range(num_classes)], name=f"classes{num_classes}")
-    return cmap.with_extremes(under="black")
+    cmap = plt.get_cmap("tab20")
+    norm = mcolors.Normalize(vmin=-0.01, vmax=max(19, num_classes - 1))
+    return [cmap(norm(c)) for c in range(num_classes)]
 
 
-def class_legend(fig, class_names: Sequence[str], ncol: int | None = None, void: bool = True,
-                 y: float = 0.0, fontsize: int = 8):
-    """A legend of class colours (:func:`class_colours`) under a figure: one patch per class, void black."""
+def add_class_legend(fig, class_names: Sequence[str], ncol: int | None = None, fontsize: int = 8,
+                     loc: str = "upper center", bbox_to_anchor=(0.5, 0.0), **kwargs):
+    """A legend of class colours (as the segmentation panels draw them) just under a figure."""
     from matplotlib.patches import Patch
 
-    cmap = class_colours(len(class_names))
-    handles = [Patch(facecolor=cmap(i), edgecolor="#555", label=name) for i, name in enumerate(class_names)]
-    if void:
-        handles.append(Patch(facecolor="black", edgecolor="#555", label="void (no label)"))
+    colours = class_colours(len(class_names))
+    handles = [Patch(facecolor=colours[c], edgecolor="#555", label=name) for c, name in enumerate(class_names)]
+    handles.append(Patch(facecolor="black", edgecolor="#555", label="void (no label)"))
     ncol = ncol or min(len(handles), 7)
-    return fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, y), ncol=ncol,
-                      fontsize=fontsize, frameon=False, title="classes", title_fontsize=fontsize + 1)
+    return fig.legend(handles=handles, loc=loc, ncol=ncol, fontsize=fontsize, frameon=False,
+                      bbox_to_anchor=bbox_to_anchor, **kwargs)
 
 
+def show_segmentation(ax, labels, num_classes: int) -> None:
+    """Draw a label map ``(H, W)`` (ground truth or prediction; -1 = void, black) in the class colours."""
+    import numpy as np
+
+    values = labels.detach().cpu().numpy() if hasattr(labels, "detach") else np.asarray(labels)
+    colours = np.array(class_colours(num_classes) + [(0.0, 0.0, 0.0, 1.0)])
+    index = np.where(values < 0, num_classes, values).astype(int)
+    ax.imshow(colours[index], interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+# ---------------------------------------------------------------------------------------------------
+# results over seeds
+def plot_points(frame: pd.DataFrame, x: str, y: str, hue: str | None = None, order: Sequence[str] | None = None,
+                hue_order: Sequence[str] | None = None, labels: Mapping[str, str] | None = None, ax=None,
+                ylabel: str | None = None, zero_line: bool = True, dodge: float = 0.22):
+    """Every run as a dot and the mean ± standard deviation over seeds as a point with error bars, per
+    ``x`` (and per ``hue``, side by side). ``labels`` renames the ``x`` ticks. Returns the axes.
+
+    ``frame`` has one row per run (e.g. :func:`mtlutils.tables.deltas_per_run`); rows whose ``y`` is not
+    finite (diverged runs) are left out, and a group without any finite value is marked "diverged"."""
+    import numpy as np
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 3.6))
+    order = list(order) if order is not None else list(dict.fromkeys(frame[x]))
+    hues = [None] if hue is None else (list(hue_order) if hue_order is not None else list(dict.fromkeys(frame[hue])))
+    width = dodge * (len(hues) - 1)
+    labelled: set = set()
+    for k, h in enumerate(hues):
+        colour = f"C{k}"
+        offset = -width / 2 + dodge * k if len(hues) > 1 else 0.0
+        for i, key in enumerate(order):
+            rows = frame[frame[x] == key] if h is None else frame[(frame[x] == key) & (frame[hue] == h)]
+            if rows.empty:
+                continue
+            values = rows[y].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            if not len(values):
+                ax.text(i + offset, 0, "diverged", rotation=90, ha="center", va="bottom", fontsize=7, color=colour)
+                continue
+            ax.scatter(np.full(len(values), i + offset - 0.06), values, s=14, alpha=0.45, color=colour)
+            spread = values.std(ddof=1) if len(values) > 1 else 0.0
+            label = str(h) if h is not None and h not in labelled else None
+            labelled.add(h)
+            ax.errorbar(i + offset + 0.04, values.mean(), yerr=spread, fmt="o", color=colour, capsize=4,
+                        label=label)
+    if zero_line:
+        ax.axhline(0, color="grey", lw=0.8)
+    ax.set_xticks(range(len(order)), [(labels or {}).get(k, k) for k in order], rotation=25, ha="right")
+    ax.set_xlim(-0.6, len(order) - 0.4)
+    ax.set_ylabel(ylabel or y)
+    if hue is not None:
+        ax.legend(title=hue, fontsize=8, title_fontsize=8)
+    return ax
+
+
+# ---------------------------------------------------------------------------------------------------
+# diagrams of the papers' building blocks
+def cross_stitch_unit_diagram():
+    """One cross-stitch unit between two task networks: layer l of networks A and B, the 2×2 mixing of
+    their activation maps by α (Eq. 1), and layer l + 1 reading the mixtures."""
+    task_a, task_b, unit = "#ffe0b2", "#c8e6c9", "#1565c0"
+    fig, ax = plt.subplots(figsize=(9.5, 3.6))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 4.2)
+    ax.axis("off")
+    for y, colour, name in ((3.0, task_a, "A"), (0.6, task_b, "B")):
+        _box(ax, 0.2, y, 1.5, 0.6, f"network {name}\nlayer $l$", colour)
+        _box(ax, 2.3, y, 1.1, 0.6, f"$x_{name}$", "white")
+        _box(ax, 6.6, y, 1.1, 0.6, rf"$\tilde x_{name}$", "white")
+        _box(ax, 8.3, y, 1.5, 0.6, f"network {name}\nlayer $l+1$", colour)
+        _arrow(ax, 1.7, y + 0.3, 2.3, y + 0.3)
+        _arrow(ax, 7.7, y + 0.3, 8.3, y + 0.3)
+    # the four weighted paths x_j -> x~_i
+    paths = [((3.4, 3.3), (6.6, 3.3), r"$\alpha_{AA}$", (5.0, 3.45)),
+             ((3.4, 0.9), (6.6, 0.9), r"$\alpha_{BB}$", (5.0, 0.55)),
+             ((3.4, 3.2), (6.6, 1.0), r"$\alpha_{BA}$", (4.1, 2.45)),
+             ((3.4, 1.0), (6.6, 3.2), r"$\alpha_{AB}$", (4.1, 1.45))]
+    for (x0, y0), (x1, y1), label, (tx, ty) in paths:
+        _arrow(ax, x0, y0, x1, y1, colour=unit)
+        ax.text(tx, ty, label, color=unit, fontsize=10, ha="center", va="center",
+                bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    ax.text(5.0, 4.0, r"cross-stitch unit: $\tilde x_A = \alpha_{AA} x_A + \alpha_{AB} x_B$,  "
+                      r"$\tilde x_B = \alpha_{BA} x_A + \alpha_{BB} x_B$", ha="center", fontsize=10, color=unit)
+    ax.text(5.0, 0.1, "at every location, one 2×2 matrix per channel (or one per layer)", ha="center",
+            fontsize=9, color="#555")
+    fig.tight_layout()
+    return fig
+
+
+def mtan_block_diagram():
+    """One encoder block j of MTAN: the shared block (top) and task i's attention path (bottom): the mask
+    from [u; f(â^(j-1))] through g and h, multiplying the block's last feature p (eq-mtan-attend)."""
+    fig, ax = plt.subplots(figsize=(10, 3.4))
+    ax.set_xlim(0, 11)
+    ax.set_ylim(-0.1, 3.6)
+    ax.axis("off")
+    shared, task = "#cfd8dc", "#ffe0b2"
+    _box(ax, 0.2, 2.6, 1.6, 0.6, "block input", "white")
+    _box(ax, 2.3, 2.6, 1.6, 0.6, "first conv: $u^{(j)}$", shared)
+    _box(ax, 4.4, 2.6, 1.6, 0.6, "last conv: $p^{(j)}$", shared)
+    _box(ax, 6.5, 2.6, 1.6, 0.6, "max pool", shared)
+    for x0, x1 in ((1.8, 2.3), (3.9, 4.4), (6.0, 6.5)):
+        _arrow(ax, x0, 2.9, x1, 2.9)
+    _arrow(ax, 8.1, 2.9, 8.6, 2.9)
+    ax.text(8.7, 2.9, "shared block $j+1$", va="center", fontsize=9)
+    _box(ax, 0.2, 0.4, 1.5, 0.6, r"$\hat a_i^{(j-1)}$", task)
+    _box(ax, 2.1, 0.4, 1.9, 0.6, "$f^{(j)}$: 3×3, pool\n(shared weights)", shared)
+    _box(ax, 4.5, 0.4, 1.5, 0.6, "$g$: 1×1 conv\nBN, ReLU", task)
+    _box(ax, 6.4, 0.4, 1.5, 0.6, "$h$: 1×1 conv\nBN, sigmoid", task)
+    _box(ax, 8.3, 0.4, 0.9, 0.6, r"$\odot$", task)
+    _box(ax, 9.7, 0.4, 1.1, 0.6, r"$\hat a_i^{(j)}$", task)
+    _arrow(ax, 1.7, 0.7, 2.1, 0.7)
+    _arrow(ax, 4.0, 0.7, 4.5, 0.7)
+    _arrow(ax, 6.0, 0.7, 6.4, 0.7)
+    _arrow(ax, 7.9, 0.7, 8.3, 0.7)
+    ax.text(8.1, 0.12, "mask $a_i^{(j)}$", fontsize=8, ha="center")
+    _arrow(ax, 9.2, 0.7, 9.7, 0.7)
+    _arrow(ax, 3.1, 2.6, 4.9, 1.0)            # u joins g's input (concatenated)
+    ax.text(3.55, 1.55, "concat $u^{(j)}$", fontsize=8)
+    _arrow(ax, 5.2, 2.6, 8.75, 1.0)           # p is what the mask multiplies
+    ax.text(7.25, 1.95, "$p^{(j)}$", fontsize=9)
+    ax.text(10.25, 1.15, "to block $j+1$\n(via $f^{(j+1)}$)", fontsize=8, ha="center")
+    ax.set_title("one encoder block of MTAN: shared network (top), attention path of task i (bottom)",
+                 fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def mtan_diagram(tasks: Sequence[str] = ("seg", "depth", "normal"), blocks: int = 5):
+    """The whole MTAN on SegNet: the shared encoder–decoder (middle row), each task's chain of attention
+    modules at every encoder and decoder block (one row per task), and the task heads."""
+    import numpy as np
+
+    shared, colours = "#cfd8dc", ["#ffe0b2", "#c8e6c9", "#bbdefb", "#f8bbd0", "#d1c4e9"]
+    n = 2 * blocks
+    fig, ax = plt.subplots(figsize=(13, 1.6 + 1.1 * len(tasks)))
+    top = 1.2 * len(tasks) + 0.6
+    ax.set_xlim(-1.6, n * 1.15 + 1.8)
+    ax.set_ylim(top - 1.2 * len(tasks) - 0.15, top + 0.9)
+    ax.axis("off")
+    xs = np.arange(n) * 1.15
+    names = [f"enc {j + 1}" for j in range(blocks)] + [f"dec {blocks - k}" for k in range(blocks)]
+    for k, (x, name) in enumerate(zip(xs, names)):
+        _box(ax, x, top, 0.85, 0.55, name, shared)
+        if k < n - 1:
+            label = "pool" if k < blocks - 1 else ("" if k == blocks - 1 else "unpool")
+            _arrow(ax, x + 0.85, top + 0.27, x + 1.15, top + 0.27)
+            if label:
+                ax.text(x + 1.0, top + 0.62, label, fontsize=6.5, ha="center", color="#555")
+    ax.text(-0.15, top + 0.27, "shared\nSegNet", ha="right", va="center", fontsize=9)
+    ax.text(xs[blocks - 1] + 1.0, top + 0.62, "pool | unpool", fontsize=6.5, ha="center", color="#555")
+    for t, task in enumerate(tasks):
+        y = top - 1.2 * (t + 1)
+        colour = colours[t % len(colours)]
+        ax.text(-0.15, y + 0.22, f"{task}\nattention", ha="right", va="center", fontsize=9)
+        for k, x in enumerate(xs):
+            ax.add_patch(plt.Circle((x + 0.42, y + 0.22), 0.2, facecolor=colour, edgecolor="#333", lw=1))
+            ax.text(x + 0.42, y + 0.22, "⊙", ha="center", va="center", fontsize=9)
+            if t == 0:   # the shared features feed every task's module of this block (drawn once, dashed)
+                ax.plot([x + 0.42, x + 0.42], [top, y + 0.42], color="#90a4ae", lw=0.8, ls="--", zorder=0)
+            if k < n - 1:
+                _arrow(ax, x + 0.62, y + 0.22, x + 1.15 + 0.22, y + 0.22)
+                ax.text(x + 0.9, y + 0.32, "$f$", fontsize=7, ha="center", color="#555")
+        _box(ax, xs[-1] + 1.15, y, 0.9, 0.45, f"{task}\nhead", colour)
+        _arrow(ax, xs[-1] + 0.62, y + 0.22, xs[-1] + 1.15, y + 0.22)
+    for k, x in enumerate(xs):   # dashed verticals reach the lower task rows too
+        ax.plot([x + 0.42, x + 0.42], [top - 1.2 * len(tasks) + 0.42, top - 1.2 + 0.02], color="#90a4ae",
+                lw=0.8, ls="--", zorder=0)
+    ax.set_title("MTAN: one shared SegNet (top). Per task, an attention module ⊙ at every encoder and decoder "
+                 "block,\nwhose mask selects from that block's shared features (dashed); a shared 3×3 unit f "
+                 "(with pooling or up-sampling) carries the attended features on; a head per task", fontsize=9.5)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------
+# dense predictions beside the ground truth, and SFG's routing
 def show_predictions(truth, predicted, class_names: Sequence[str], tasks: Sequence[str] = ("seg", "depth", "normal"),
                      scale: float = 1.6, title: str | None = None):
     """Ground truth beside predictions of dense tasks, one row per scene.
 
     ``truth`` and ``predicted`` are lists of dict samples (``image``, ``seg`` labels ``(H, W)``, ``depth``
     ``(1, H, W)`` in metres, ``normal`` ``(3, H, W)``); columns: the image, then for each of ``tasks`` its
-    truth and its prediction. Segmentation uses :func:`class_colours` with a legend of ``class_names`` under
-    the figure; depth shares one colour scale per row (truth and prediction) with a colour bar; normals are
-    shown as RGB (xyz in [-1, 1] -> [0, 1]), invalid pixels black.
+    truth and its prediction. Segmentation is drawn by :func:`show_segmentation` in the class colours, with
+    a legend of ``class_names`` under the figure (:func:`add_class_legend`); depth shares one colour scale per
+    row (truth and prediction) with a colour bar; normals are shown as RGB (xyz in [-1, 1] -> [0, 1]),
+    invalid pixels black.
     """
     import numpy as np
 
@@ -207,7 +385,6 @@ def show_predictions(truth, predicted, class_names: Sequence[str], tasks: Sequen
     height, width = truth[0]["image"].shape[-2:]
     fig, axes = plt.subplots(len(truth), len(columns), squeeze=False,
                              figsize=(scale * len(columns) * width / height * 0.9, scale * len(truth)))
-    cmap = class_colours(len(class_names))
     for r, (true, pred) in enumerate(zip(truth, predicted)):
         depth_range = None
         if "depth" in tasks:
@@ -224,9 +401,7 @@ def show_predictions(truth, predicted, class_names: Sequence[str], tasks: Sequen
             if task == "image":
                 ax.imshow(sample["image"].permute(1, 2, 0).clamp(0, 1).cpu().numpy())
             elif task == "seg":
-                seg = sample["seg"].cpu().numpy().astype(float)
-                seg[seg < 0] = -1.0
-                ax.imshow(seg, cmap=cmap, vmin=-0.5, vmax=len(class_names) - 0.5, interpolation="nearest")
+                show_segmentation(ax, sample["seg"], len(class_names))
             elif task == "depth":
                 d = sample["depth"][0].cpu().numpy()
                 im = ax.imshow(np.ma.masked_where(true["depth"][0].cpu().numpy() <= 0, d), cmap="viridis",
@@ -240,7 +415,7 @@ def show_predictions(truth, predicted, class_names: Sequence[str], tasks: Sequen
                 n[:, true["normal"].abs().sum(0) == 0] = 0
                 ax.imshow(normals_to_rgb(n))
     if "seg" in tasks:
-        class_legend(fig, class_names, y=0.0)
+        add_class_legend(fig, class_names)
     if title:
         fig.suptitle(title, y=1.0)
     fig.tight_layout()

@@ -85,12 +85,13 @@ def test_no_solution_text_leaks_into_the_student_version(chapter):
 
 
 def _exercise_pairs(nb):
-    """(function definition cell source, check function name, argument) for every check call."""
+    """(definition cell source, check function name, argument) for every check call; the argument is a
+    function or a class (an autograd.Function or nn.Module the chapter builds from scratch)."""
     cells = [source(c) for c in nb["cells"] if c["cell_type"] == "code"]
     pairs = []
     for i, src in enumerate(cells):
         for name, arg in re.findall(r"checks\.(check_\w+)\((\w+)", src):
-            definition = next(c for c in reversed(cells[:i]) if re.search(rf"^def {arg}\(", c, re.M))
+            definition = next(c for c in reversed(cells[:i]) if re.search(rf"^(?:def|class) {arg}\b", c, re.M))
             pairs.append((definition, name, arg))
     return pairs
 

@@ -256,6 +256,173 @@ def test_attention_check():
                                                 verbose=False).message
 
 
+# chapter 3: the cross-stitch unit as an autograd.Function (two tasks per channel; T tasks stacked)
+class _Stitch2(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, alpha, x_a, x_b):
+        ctx.save_for_backward(alpha, x_a, x_b)
+        a = alpha[:, :, :, None, None]
+        return a[0, 0] * x_a + a[0, 1] * x_b, a[1, 0] * x_a + a[1, 1] * x_b
+
+    @staticmethod
+    def backward(ctx, g_a, g_b):
+        alpha, x_a, x_b = ctx.saved_tensors
+        a, dims = alpha[:, :, :, None, None], (0, 2, 3)
+        grad_alpha = torch.stack([torch.stack([(g_a * x_a).sum(dims), (g_a * x_b).sum(dims)]),
+                                  torch.stack([(g_b * x_a).sum(dims), (g_b * x_b).sum(dims)])])
+        return grad_alpha, a[0, 0] * g_a + a[1, 0] * g_b, a[0, 1] * g_a + a[1, 1] * g_b
+
+
+def _stitch_indices(alpha):
+    return ("ijc", "nc...") if alpha.dim() == 3 else ("ij", "n...")
+
+
+class _StitchT(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, alpha, x):
+        ctx.save_for_backward(alpha, x)
+        a, s = _stitch_indices(alpha)
+        return torch.einsum(f"{a},j{s}->i{s}", alpha, x)
+
+    @staticmethod
+    def backward(ctx, g):
+        alpha, x = ctx.saved_tensors
+        a, s = _stitch_indices(alpha)
+        return torch.einsum(f"i{s},j{s}->{a}", g, x), torch.einsum(f"{a},i{s}->j{s}", alpha, g)
+
+
+def test_cross_stitch_unit_check():
+    from mtlutils.checks import check_cross_stitch_unit
+    from mtlutils.layers import CrossStitchFunction
+    from mtlutils.layers.cross_stitch import cross_stitch
+
+    class Printed(_Stitch2):  # Eq. 3 as printed: the gradients of alpha_AB and alpha_BA swapped
+        @staticmethod
+        def backward(ctx, g_a, g_b):
+            grad_alpha, grad_x_a, grad_x_b = _Stitch2.backward(ctx, g_a, g_b)
+            return grad_alpha.transpose(0, 1), grad_x_a, grad_x_b
+
+    class NotTransposed(_Stitch2):  # Eq. 2 with alpha instead of its transpose
+        @staticmethod
+        def backward(ctx, g_a, g_b):
+            grad_alpha, _, _ = _Stitch2.backward(ctx, g_a, g_b)
+            alpha = ctx.saved_tensors[0][:, :, :, None, None]
+            return grad_alpha, alpha[0, 0] * g_a + alpha[0, 1] * g_b, alpha[1, 0] * g_a + alpha[1, 1] * g_b
+
+    class Package(torch.autograd.Function):  # hands the work to the package
+        @staticmethod
+        def forward(ctx, alpha, x_a, x_b):
+            return tuple(cross_stitch(alpha, [x_a, x_b]))
+
+    class Stub(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, alpha, x_a, x_b):
+            raise NotImplementedError
+
+    result = check_cross_stitch_unit(_Stitch2, verbose=False)
+    assert result.passed and result.error < 1e-12, result
+    assert "printed in the paper" in check_cross_stitch_unit(Printed, verbose=False).message
+    assert "Eq. 2" in check_cross_stitch_unit(NotTransposed, verbose=False).message
+    for cheat in (Package, CrossStitchFunction):
+        assert "calls the package's" in check_cross_stitch_unit(cheat, verbose=False).message
+    assert "not implemented" in check_cross_stitch_unit(Stub, verbose=False).message
+    assert "expected a torch.autograd.Function" in check_cross_stitch_unit(_Stitch2.apply, verbose=False).message
+    assert sys.getprofile() is None
+
+
+def test_cross_stitch_tasks_check():
+    from mtlutils.checks import check_cross_stitch_tasks
+
+    class ChannelsKept(_StitchT):  # per layer, the gradient of alpha must sum over the channels too
+        @staticmethod
+        def backward(ctx, g):
+            alpha, x = ctx.saved_tensors
+            grad_alpha, grad_x = _StitchT.backward(ctx, g)
+            if alpha.dim() == 2:
+                grad_alpha = torch.einsum("inc...,jnc...->ijc", g, x)
+            return grad_alpha, grad_x
+
+    class TwoTasksOnly(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, alpha, x):
+            return torch.stack([alpha[0, 0] * x[0] + alpha[0, 1] * x[1], alpha[1, 0] * x[0] + alpha[1, 1] * x[1]])
+
+    result = check_cross_stitch_tasks(_StitchT, verbose=False)
+    assert result.passed and result.error < 1e-12, result
+    assert "alpha's shape" in check_cross_stitch_tasks(ChannelsKept, verbose=False).message
+    assert not check_cross_stitch_tasks(TwoTasksOnly, verbose=False).passed
+    assert not check_cross_stitch_tasks(_Stitch2, verbose=False).passed
+
+
+class _Attention(torch.nn.Module):
+    def __init__(self, in_channels, out_channels):
+        super().__init__()
+        nn = torch.nn
+        self.g = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1), nn.BatchNorm2d(out_channels), nn.ReLU())
+        self.h = nn.Sequential(nn.Conv2d(out_channels, out_channels, 1), nn.BatchNorm2d(out_channels),
+                               nn.Sigmoid())
+
+    def forward(self, u, p, prev=None):
+        mask = self.h(self.g(u if prev is None else torch.cat([u, prev], dim=1)))
+        return mask * p, mask
+
+
+def test_attention_module_check():
+    from mtlutils.checks import check_attention_module
+    from mtlutils.layers import AttentionModule
+
+    class Swapped(_Attention):   # [prev; u] instead of [u; prev]
+        def forward(self, u, p, prev=None):
+            return super().forward(u, p, None) if prev is None else super().forward(prev, p, u)
+
+    class NoNorm(_Attention):    # batch norm left out of h
+        def forward(self, u, p, prev=None):
+            mask = torch.sigmoid(self.h[0](self.g(u if prev is None else torch.cat([u, prev], dim=1))))
+            return mask * p, mask
+
+    class Wrapper(torch.nn.Module):  # builds the package's module
+        def __init__(self, in_channels, out_channels):
+            super().__init__()
+            self.inner = AttentionModule(in_channels, out_channels)
+
+    class OtherNames(torch.nn.Module):
+        def __init__(self, in_channels, out_channels):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, out_channels, 1)
+
+    result = check_attention_module(_Attention, verbose=False)
+    assert result.passed and result.error < 1e-12, result
+    for wrong in (Swapped, NoNorm):
+        result = check_attention_module(wrong, verbose=False)
+        assert not result.passed and result.error > 1e-3, wrong.__name__
+    assert "calls the package's AttentionModule" in check_attention_module(Wrapper, verbose=False).message
+    assert "subclasses the package's" in check_attention_module(AttentionModule, verbose=False).message
+    assert "do not match AttentionModule's" in check_attention_module(OtherNames, verbose=False).message
+    assert "expected an nn.Module class" in check_attention_module(_Attention(2, 2), verbose=False).message
+    assert sys.getprofile() is None
+
+
+def test_chapter_3_and_4_checks_refuse_the_package():
+    from mtlutils.layers.cross_stitch import CrossStitchFunction
+    from mtlutils.weighting import DWA, dwa_weights
+
+    def stitch_by_autograd(alpha, x_a, x_b, grad_a, grad_b):
+        inputs = [t.requires_grad_() for t in (alpha, x_a, x_b)]
+        grads = torch.autograd.grad(CrossStitchFunction.apply(*inputs), inputs, (grad_a, grad_b))
+        return grads[1], grads[2], grads[0]
+
+    def dwa_by_weighting(history, temperature):
+        weighting = DWA([str(k) for k in range(history.shape[1])], temperature)
+        for row in history.tolist():
+            weighting.end_epoch({str(k): v for k, v in enumerate(row)})
+        return torch.tensor(list(weighting.weights().values()), dtype=torch.float64)
+
+    assert "calls the package's" in checks.check_cross_stitch_backward(stitch_by_autograd, verbose=False).message
+    assert "calls the package's weighting.dwa_weights" in checks.check_dwa(dwa_weights, verbose=False).message
+    assert "calls the package's DWA" in checks.check_dwa(dwa_by_weighting, verbose=False).message
+    assert sys.getprofile() is None
+
+
 # chapter 5: stochastic filter groups
 def _gumbel(logits, tau, hard, noise_on=lambda v: v, divide=True, straight_through=True, guard=True):
     if guard and not tau > 0:
@@ -361,8 +528,17 @@ def test_verdict_check():
         return good(a_mean, a_std, b_mean, 0.0, higher_is_better)
 
     assert check_verdict(good, verbose=False).passed
+    from mtlutils import tables
     from mtlutils.experiments import verdict
-    assert check_verdict(verdict, verbose=False).passed       # the rule chapter 6 uses
+    for cases in [(2.0, 0.5, 1.0, 0.25), (1.0, 0.5, 2.0, 0.25), (1.5, 0.25, 1.0, 0.25), (1.0, 0.1, 1.5, 0.2)]:
+        for higher in (True, False):       # the rule chapter 6 uses agrees with the reference
+            assert verdict(*cases, higher_is_better=higher) == good(*cases, higher_is_better=higher)
+    # ... and the check refuses a solution that calls it, by any route
+    for caller in (verdict, lambda *a, **k: tables.verdict(*a, **k), lambda *a, **k: verdict(*a, **k)):
+        result = check_verdict(caller, verbose=False)
+        assert not result.passed and "calls the package's mtlutils.tables.verdict" in result.message
+    assert not check_verdict(lambda *a, **k: float("nan"), verbose=False).passed
+    assert not check_verdict(lambda *a, **k: None, verbose=False).passed
     for wrong in (ignores_direction, inclusive, one_std):
         assert not check_verdict(wrong, verbose=False).passed, wrong.__name__
 
@@ -589,7 +765,8 @@ GOOD = {"check_shared_forward": good, "check_delta_mtl": _good_delta, "check_con
         "check_dwa": _good_dwa, "check_attention": _good_attend, "check_gumbel_softmax": _gumbel,
         "check_filter_group_routing": _route, "check_authors_frequencies": _good_frequencies,
         "check_verdict": _good_verdict, "check_min_norm_two": _good_min_norm_two, "check_pcgrad": _good_pcgrad,
-        "check_gradnorm_loss": _good_gradnorm_loss}
+        "check_gradnorm_loss": _good_gradnorm_loss, "check_cross_stitch_unit": _Stitch2,
+        "check_cross_stitch_tasks": _StitchT, "check_attention_module": _Attention}
 
 
 def test_every_public_check_is_covered():
@@ -645,6 +822,8 @@ BAD = {"nan": (lambda v: _poison(v, math.nan), "non-finite"), "inf": (lambda v: 
 
 
 def _broken(good_fn, transform, from_call):
+    if isinstance(good_fn, type):
+        return _broken_class(good_fn, transform, from_call)
     calls = []
 
     def student(*args, **kwargs):
@@ -652,6 +831,28 @@ def _broken(good_fn, transform, from_call):
         out = good_fn(*args, **kwargs)
         return transform(out) if len(calls) >= from_call else out
     return student
+
+
+def _broken_class(good_cls, transform, from_call):
+    """A student's class (an autograd.Function or an nn.Module) whose forward returns ``transform`` of the
+    right outputs from its ``from_call``-th call on."""
+    calls = []
+
+    if issubclass(good_cls, torch.autograd.Function):
+        class Student(good_cls):
+            @staticmethod
+            def forward(ctx, *args):
+                calls.append(1)
+                out = good_cls.forward(ctx, *args)
+                return transform(out) if len(calls) >= from_call else out
+        return Student
+
+    class StudentModule(good_cls):
+        def forward(self, *args, **kwargs):
+            calls.append(1)
+            out = super().forward(*args, **kwargs)
+            return transform(out) if len(calls) >= from_call else out
+    return StudentModule
 
 
 @pytest.mark.parametrize("from_call", [1, 2], ids=["first call", "later calls"])

@@ -114,7 +114,7 @@ def test_run_writes_provenance_skips_finished_runs_and_aggregates(config, tmp_pa
     assert len(files) == 4 and all(f.is_file() for f in files)
     record = json.loads(files[-1].read_text())
     for key in ("command", "config", "config_hash", "git_commit", "seed", "device", "processes", "versions",
-                "fingerprint", "wall_time_s", "protocol", "metrics", "history"):
+                "fingerprint", "wall_time_s", "cpu_time_s", "protocol", "metrics", "history"):
         assert key in record, key
     # the same run again on this machine: every fingerprint item matches, so the metrics must be equal
     again = E.execute(cfg, E.grid(cfg)[-1], tmp_path / "again", tmp_path / "ckpt_again", torch.device("cpu"),

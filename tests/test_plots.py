@@ -42,6 +42,52 @@ def test_image_grid_and_diagrams_draw():
     plt.close("all")
 
 
+def test_class_colours_legend_and_segmentation_maps():
+    import numpy as np
+
+    colours = plots.class_colours(7)
+    assert len(colours) == 7 and len(set(colours)) == 7
+    fig, ax = plt.subplots()
+    labels = torch.tensor([[0, 1], [6, -1]])
+    plots.show_segmentation(ax, labels, 7)
+    shown = ax.images[0].get_array()
+    assert np.allclose(shown[0, 0], colours[0]) and np.allclose(shown[1, 1], (0, 0, 0, 1))  # void is black
+    legend = plots.add_class_legend(fig, [f"c{i}" for i in range(7)])
+    assert [t.get_text() for t in legend.get_texts()][-1] == "void (no label)" and len(legend.get_texts()) == 8
+    plt.close("all")
+
+
+def test_point_plot_marks_means_spreads_and_diverged_groups():
+    import math
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"model": ["a"] * 3 + ["b"] * 3, "delta": [1.0, 2.0, 3.0, math.nan, math.nan, math.nan]})
+    ax = plots.plot_points(frame, "model", "delta", ylabel="Δ_MTL (%)", labels={"a": "model a"})
+    assert ax.get_ylabel() == "Δ_MTL (%)" and [t.get_text() for t in ax.get_xticklabels()] == ["model a", "b"]
+    assert any(t.get_text() == "diverged" for t in ax.texts)
+    frame["w"] = ["x", "y", "x", "y", "x", "y"]
+    ax = plots.plot_points(frame, "model", "delta", hue="w")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+    plt.close("all")
+
+
+def test_paper_diagrams_draw():
+    assert len(plots.cross_stitch_unit_diagram().axes) == 1
+    assert "encoder block" in plots.mtan_block_diagram().axes[0].get_title()
+    fig = plots.mtan_diagram(("seg", "depth"))
+    assert sum(t.get_text() == "⊙" for t in fig.axes[0].texts) == 2 * 10
+    plt.close("all")
+
+
+def test_point_plot_legend_names_every_hue_even_if_absent_from_the_first_group():
+    import pandas as pd
+
+    frame = pd.DataFrame({"model": ["a", "b", "b"], "w": ["x", "x", "y"], "d": [1.0, 2.0, 3.0]})
+    ax = plots.plot_points(frame, "model", "d", hue="w")
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["x", "y"]
+
+
 def _dense_sample(classes: int, seed: int = 0) -> dict:
     gen = torch.Generator().manual_seed(seed)
     seg = torch.randint(-1, classes, (8, 16), generator=gen)
@@ -50,14 +96,6 @@ def _dense_sample(classes: int, seed: int = 0) -> dict:
     normal = torch.nn.functional.normalize(torch.randn(3, 8, 16, generator=gen), dim=0)
     normal[:, seg < 0] = 0
     return {"image": torch.rand(3, 8, 16, generator=gen), "seg": seg, "depth": depth, "normal": normal}
-
-
-def test_class_colours_are_distinct_with_black_void():
-    for classes in (2, 7, 19):
-        cmap = plots.class_colours(classes)
-        colours = {cmap(i) for i in range(classes)}
-        assert len(colours) == classes and cmap.N == classes
-        assert tuple(cmap.get_under()[:3]) == (0.0, 0.0, 0.0)
 
 
 def test_predictions_beside_truth_with_a_class_legend():

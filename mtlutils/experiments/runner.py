@@ -105,7 +105,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
     weighting = W.create(run.weighting, tasks, **resolved["weighting_options"])
     model = distributed.prepare_model(model, device)
     train_loader, val_loader = make_loaders(train_set, val_set, int(train_cfg["batch_size"]), run.seed)
-    began = time.perf_counter()
+    began, cpu_began = time.perf_counter(), time.process_time()
     checkpoint = checkpoint_path(checkpoints, run, resolved)
     status, error = "finished", None
     try:
@@ -118,7 +118,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
                       precision=train_cfg.get("precision", "fp32"))
     except NonFiniteLossError as err:  # a result too (the cross-stitch paper's "higher rates diverged")
         status, error, history = "diverged", str(err), err.history
-    wall = time.perf_counter() - began
+    wall, cpu = time.perf_counter() - began, time.process_time() - cpu_began
     last = int(train_cfg["last_epochs"])
     metrics = protocol_metrics(history.rows, last) if status == "finished" else {}
     bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
@@ -132,6 +132,7 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
         "threads": torch.get_num_threads(),
         "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
         "versions": provenance.versions(), "wall_time_s": round(wall, 2),
+        "cpu_time_s": round(cpu, 2),   # this process's CPU time: the cost whatever else ran on the machine
         "seconds_per_epoch": [round(s, 3) for s in history.seconds], "parameters": n_params,
         "protocol": f"mean of the last {last} epoch(s)' validation metrics (dataset-wide)",
         "status": status, "error": error, "metrics": metrics, "history": history.rows,
