@@ -8,7 +8,7 @@ JB     := $(BIN)/jupyter-book
 PROFILE ?= $(or $(MTL_PROFILE),full)
 
 .PHONY: help venv book book-quick book-student test unit nbval book-check-build check-book assignments \
-        grade serve bench reproduce clean clean-all
+        grade serve bench reproduce results-status clean clean-all
 
 help:
 	@echo "make book          build the book (executes every chapter, profile '$(PROFILE)') into _build/html"
@@ -20,6 +20,7 @@ help:
 	@echo "make grade SUBMISSIONS=dir   run every student notebook under dir, every check's result into _build/grades.csv"
 	@echo "make serve         serve _build/html on http://127.0.0.1:8000"
 	@echo "make bench         run the benchmarks in benchmarks/"
+	@echo "make results-status  one line per grid: runs with a result out of the planned ones"
 	@echo "make reproduce     run every grid in experiments/ (resumable) into results/ (JOBS processes share the runs; NPROC=2: torchrun)"
 	@echo "make clean         remove _build (make clean-all also removes .venv and data caches)"
 
@@ -98,6 +99,7 @@ ifeq ($(NPROC),1)
 	    --no-progress > >(sed "s/^/[lane $$lane] /") 2>&1 & pids="$$pids $$!"; \
 	done; fail=0; for pid in $$pids; do wait $$pid || fail=1; done; \
 	MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments aggregate $(EXPERIMENTS) && \
+	MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments status $(EXPERIMENTS) && \
 	echo "reproduce: finished in $$(( $$(date +%s) - start )) s" && exit $$fail
 else
 	MTL_PROFILE=$(PROFILE) $(BIN)/torchrun --standalone --nproc_per_node=$(NPROC) -m mtlutils.experiments run $(EXPERIMENTS)
@@ -108,3 +110,7 @@ clean:
 
 clean-all: clean
 	rm -rf $(VENV) data/cache
+
+# Which grids are complete (the chapters judge complete grids only and mark the others pending).
+results-status: $(STAMP)
+	@MTL_PROFILE=$(PROFILE) $(BIN)/python -m mtlutils.experiments status $(EXPERIMENTS)

@@ -36,7 +36,8 @@ git-ignored, named by the hash of the run's settings and deleted once the result
 process writes files.
 
 Modules: :mod:`~mtlutils.experiments.config` (files, schema, the grid), :mod:`~mtlutils.experiments.runner`
-(training runs, result files), :mod:`~mtlutils.experiments.cli`; the cross-run tables live in
+(training runs, result files), :mod:`~mtlutils.experiments.cli`,
+:mod:`~mtlutils.experiments.state` (which runs of a grid have results: chapters judge complete grids only); the cross-run tables live in
 :mod:`mtlutils.tables` and the data builders in :mod:`mtlutils.data.builders`.
 """
 from __future__ import annotations
@@ -48,10 +49,13 @@ from .config import (DEFAULT_TRAIN, ConfigError, Run, config_hash, grid, load_co
 from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, is_done, keeps_model, load_model,
                      load_results, make_loaders, model_path, protocol_metrics, read_result, run_grid,
                      write_result)
+from .state import (COMPLETE_ENV, GridState, IncompleteResultsError, complete_required, demand_complete,
+                    grid_state)
 from .. import distributed
 
 __all__ = ["DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "metric_columns",
            "runs_frame", "summarise", "verdict", "DEFAULT_TRAIN", "ConfigError", "Run", "config_hash", "grid",
            "load_config", "run_config", "validate", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
            "execute", "is_done", "keeps_model", "load_model", "model_path", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",
-           "write_result", "distributed"]
+           "write_result", "COMPLETE_ENV", "GridState", "IncompleteResultsError", "complete_required",
+           "demand_complete", "grid_state", "distributed"]

@@ -12,6 +12,7 @@ from . import __doc__ as DOC
 from .config import ConfigError, grid, load_config, run_config
 from ..fileio import is_busy
 from .runner import aggregate, is_done, run_grid
+from .state import grid_state
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -21,7 +22,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (("run", "train the unfinished runs of a grid"),
                        ("aggregate", "write results/<name>/summary.csv"),
-                       ("list", "print the runs of a grid: done, todo, or busy (being trained by a runner now)")):
+                       ("list", "print the runs of a grid: done, todo, or busy (being trained by a runner now)"),
+                       ("status", "one line per grid: runs with a result out of the planned ones")):
         p = sub.add_parser(name, help=text)
         p.add_argument("configs", nargs="+", type=Path, help="experiment config files (TOML)")
         p.add_argument("--profile", choices=PROFILES, default=None, help="default: $MTL_PROFILE or 'full'")
@@ -41,6 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     aggregate(cfg, args.results)
             elif args.command == "aggregate":
                 aggregate(cfg, args.results)
+            elif args.command == "status":
+                print(grid_state(cfg, args.results).describe())
             else:
                 root = (args.results or paths.results_root()) / cfg["name"] / "runs"
                 locks = (args.checkpoints or paths.checkpoints_root()) / cfg["name"]

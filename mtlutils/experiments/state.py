@@ -1,0 +1,88 @@
+"""How far a grid has trained: the chapters read a grid's results whole, or say that it is still training.
+
+The grids of ``experiments/`` take hours (``make reproduce``); the book is built while they train and
+after. A chapter asks :func:`grid_state` which runs have a result, prints :meth:`GridState.describe`, and
+draws its tables, verdicts and findings only from a complete grid (:attr:`GridState.complete`); otherwise
+it shows :meth:`GridState.pending_markdown` in their place. Nothing is judged on part of a grid.
+
+``MTL_RESULTS_COMPLETE=1`` turns a missing run into an error (:func:`demand_complete`), for a build that must
+show every result (after ``make reproduce``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from .config import Run, grid
+from .runner import load_results
+
+COMPLETE_ENV = "MTL_RESULTS_COMPLETE"
+
+
+class IncompleteResultsError(RuntimeError):
+    """A grid lacks results where a complete set was demanded (``MTL_RESULTS_COMPLETE=1``)."""
+
+
+@dataclass(frozen=True)
+class GridState:
+    """The planned runs of one grid and the result files found for them (same config hash only)."""
+
+    name: str
+    planned: tuple[Run, ...]
+    runs: tuple[dict[str, Any], ...]
+
+    @property
+    def done_ids(self) -> set[str]:
+        return {r["run"] for r in self.runs}
+
+    @property
+    def missing(self) -> list[str]:
+        """Run ids without a result, in grid order."""
+        done = self.done_ids
+        return [run.id for run in self.planned if run.id not in done]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+    def cells_complete(self, data: Iterable[str] | None = None, models: Iterable[str] | None = None) -> bool:
+        """True if every planned run of the given data sections and models has a result."""
+        data, models = (set(data) if data else None), (set(models) if models else None)
+        done = self.done_ids
+        return all(run.id in done for run in self.planned
+                   if (data is None or run.data in data) and (models is None or run.model in models))
+
+    def describe(self) -> str:
+        """One line: runs with a result out of the planned ones, and the training time they took."""
+        hours = sum(float(r.get("wall_time_s", 0.0)) for r in self.runs) / 3600
+        state = "complete" if self.complete else "incomplete: `make reproduce` trains the missing runs"
+        return (f"grid {self.name}: {len(self.runs)} of {len(self.planned)} runs have a result "
+                f"({hours:.1f} run-hours); {state}")
+
+    def pending_markdown(self, what: str = "This section") -> str:
+        """Markdown that stands in for results drawn from an incomplete grid."""
+        example = ", ".join(f"`{m}`" for m in self.missing[:2])
+        return (f"**Pending.** {what} reads the complete grid `{self.name}`, which has results for "
+                f"{len(self.runs)} of its {len(self.planned)} runs so far (missing, for example, {example}). "
+                "Nothing is judged on part of a grid: run `make reproduce` (resumable) and build the book again.")
+
+
+def grid_state(cfg: Mapping[str, Any], results_root: Path | None = None) -> GridState:
+    """The state of grid ``cfg`` (a loaded config) under ``results_root`` (default ``results/``)."""
+    return GridState(str(cfg["name"]), tuple(grid(cfg)), tuple(load_results(cfg, results_root)))
+
+
+def complete_required() -> bool:
+    """True when the environment demands complete results (``MTL_RESULTS_COMPLETE=1``)."""
+    return os.environ.get(COMPLETE_ENV, "") == "1"
+
+
+def demand_complete(state: GridState) -> None:
+    """Raise :class:`IncompleteResultsError` if results must be complete and ``state`` is not."""
+    if complete_required() and not state.complete:
+        raise IncompleteResultsError(
+            f"{state.name}: {len(state.missing)} of {len(state.planned)} runs have no result "
+            f"(e.g. {state.missing[:3]}); run `make reproduce`, or unset {COMPLETE_ENV} to build with the "
+            "sections of incomplete grids marked pending")

@@ -1,0 +1,64 @@
+"""Which runs of a grid have results (mtlutils.experiments.state): the chapters judge complete grids only,
+mark the others pending, and refuse a partial set when MTL_RESULTS_COMPLETE=1."""
+from __future__ import annotations
+
+import pytest
+
+from mtlutils import experiments as E
+
+GRID = """
+name = "state"
+baseline = "single"
+[data.digits]
+kind = "multidigits"
+n_train = 16
+n_val = 16
+[train]
+epochs = 1
+batch_size = 16
+width = 0.25
+last_epochs = 1
+[grid]
+data = ["digits"]
+models = ["single", "split"]
+seeds = [0, 1]
+"""
+
+
+@pytest.fixture()
+def cfg(tmp_path, monkeypatch):
+    monkeypatch.setenv("MTL_DATA", str(tmp_path / "data"))
+    path = tmp_path / "state.toml"
+    path.write_text(GRID)
+    return E.load_config(path, "full")
+
+
+def test_a_grid_is_complete_only_when_every_planned_run_has_a_result(cfg, tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    empty = E.grid_state(cfg, results)
+    assert not empty.complete and len(empty.planned) == 4 and empty.missing == [r.id for r in E.grid(cfg)]
+    assert "0 of 4 runs" in empty.describe() and "make reproduce" in empty.pending_markdown()
+
+    E.run_grid(cfg, results, tmp_path / "ckpt", only="*__split__*", progress=False)
+    half = E.grid_state(cfg, results)
+    assert half.missing == ["digits__single__equal__seed0", "digits__single__equal__seed1"]
+    assert half.cells_complete(models=["split"]) and not half.cells_complete(models=["single"])
+    assert not half.complete and "2 of 4 runs" in half.describe()
+
+    monkeypatch.delenv(E.COMPLETE_ENV, raising=False)
+    E.demand_complete(half)                       # a partial set is allowed: the chapters mark it pending
+    monkeypatch.setenv(E.COMPLETE_ENV, "1")
+    with pytest.raises(E.IncompleteResultsError, match="2 of 4 runs have no result"):
+        E.demand_complete(half)
+
+    E.run_grid(cfg, results, tmp_path / "ckpt", progress=False)
+    full = E.grid_state(cfg, results)
+    assert full.complete and full.missing == [] and "complete" in full.describe()
+    E.demand_complete(full)
+
+
+def test_results_of_other_settings_do_not_count(cfg, tmp_path):
+    results = tmp_path / "results"
+    E.run_grid(cfg, results, tmp_path / "ckpt", progress=False)
+    changed = {**cfg, "train": {**cfg["train"], "epochs": 2}}
+    assert E.grid_state(changed, results).done_ids == set()
