@@ -132,6 +132,17 @@ def _not_finite_result(name: str, where: str, expected: str = "finite values") -
     return CheckResult(name, False, f"returned non-finite values (NaN or inf) in {where}; expected {expected}")
 
 
+def _as_number(name: str, got: Any, what: str) -> tuple[float | None, CheckResult | None]:
+    """The student's return value as one float, or a failed result that says what came back instead."""
+    wrong = CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one number, {what}")
+    if isinstance(got, (str, bytes, bool)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
+        return None, wrong
+    try:
+        return float(got), None
+    except (TypeError, ValueError):
+        return None, wrong
+
+
 def _run(name: str, call: Callable[[], Any]) -> tuple[Any, CheckResult | None]:
     """Call the student's code; turn an exception into a failed result."""
     try:
@@ -260,17 +271,9 @@ def check_delta_mtl(delta_mtl: Callable[[Mapping[str, float], Mapping[str, float
         cases.append((model, base, _reference_delta_mtl(model, base), "random"))
     worst = 0.0
     for model, base, expected, kind in cases:
-        got, failure = _watched_run(name, watch, lambda: delta_mtl(dict(model), dict(base)))
+        got, failure = _watched_number(name, watch, lambda: delta_mtl(dict(model), dict(base)), "Δ_MTL in %")
         if failure is not None:
             return _report(failure, verbose)
-        if isinstance(got, (str, bytes, bool)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
-            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
-                                                    f"number, Δ_MTL in %"), verbose)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
-                                                    f"number, Δ_MTL in %"), verbose)
         if not math.isfinite(got):
             return _report(_not_finite_result(name, "Δ_MTL", "a finite number"), verbose)
         err = abs(got - expected)
@@ -331,17 +334,9 @@ def check_miou(miou_from_confusion: Callable[[torch.Tensor], float], verbose: bo
     cases += [absent, never_predicted]
     worst = 0.0
     for conf in cases:
-        got, failure = _watched_run(name, watch, lambda: miou_from_confusion(conf.clone()))
+        got, failure = _watched_number(name, watch, lambda: miou_from_confusion(conf.clone()), "the mean IoU in %")
         if failure is not None:
             return _report(failure, verbose)
-        if isinstance(got, (str, bytes, bool)) or (isinstance(got, torch.Tensor) and got.numel() != 1):
-            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
-                                                    f"number, the mean IoU in %"), verbose)
-        try:
-            got = float(got)
-        except (TypeError, ValueError):
-            return _report(CheckResult(name, False, f"must return a number, got {_describe(got)}; expected one "
-                                                    f"number, the mean IoU in %"), verbose)
         if not math.isfinite(got):
             return _report(CheckResult(name, False, f"returned {got} (non-finite) for a {conf.shape[0]}-class "
                                                     f"matrix; expected a finite mean IoU in % (a class with an "
@@ -1150,6 +1145,13 @@ def _watched_run(name: str, watch: _Watch, call: Callable[[], Any]) -> tuple[Any
         return None, CheckResult(name, False, f"calls the package's {watch.called[0]}: the exercise is to write "
                                               f"it yourself from the equation")
     return got, failure
+
+
+def _watched_number(name: str, watch: _Watch, call: Callable[[], Any],
+                    what: str) -> tuple[float | None, CheckResult | None]:
+    """:func:`_watched_run` of a call that must return one number (:func:`_as_number`)."""
+    got, failure = _watched_run(name, watch, call)
+    return (None, failure) if failure is not None else _as_number(name, got, what)
 
 
 def _as_vector(name: str, got: Any, length: int, what: str) -> tuple[torch.Tensor | None, CheckResult | None]:
