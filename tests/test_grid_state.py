@@ -2,6 +2,8 @@
 mark the others pending, and refuse a partial set when MTL_RESULTS_COMPLETE=1."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mtlutils import experiments as E
@@ -44,6 +46,11 @@ def test_a_grid_is_complete_only_when_every_planned_run_has_a_result(cfg, tmp_pa
     assert half.missing == ["digits__single__equal__seed0", "digits__single__equal__seed1"]
     assert half.cells_complete(models=["split"]) and not half.cells_complete(models=["single"])
     assert not half.complete and "2 of 4 runs" in half.describe()
+    assert empty.core_hours_left() is None and "core-hours" not in empty.pending_markdown()
+    cpu = [r["cpu_time_s"] for r in half.runs]
+    assert half.core_hours_left() == pytest.approx(2 * sum(cpu) / len(cpu) / 3600)
+    assert f"EXPERIMENTS=experiments/{cfg['name']}.toml" in half.pending_markdown()
+    assert "core-hours" in half.pending_markdown()
 
     monkeypatch.delenv(E.COMPLETE_ENV, raising=False)
     E.demand_complete(half)                       # a partial set is allowed: the chapters mark it pending
@@ -62,3 +69,11 @@ def test_results_of_other_settings_do_not_count(cfg, tmp_path):
     E.run_grid(cfg, results, tmp_path / "ckpt", progress=False)
     changed = {**cfg, "train": {**cfg["train"], "epochs": 2}}
     assert E.grid_state(changed, results).done_ids == set()
+
+
+def test_every_grid_file_is_named_after_its_grid():
+    """The pending notes print `make reproduce EXPERIMENTS=experiments/<grid name>.toml`."""
+    files = sorted((Path(__file__).parent.parent / "experiments").glob("*.toml"))
+    assert files
+    for path in files:
+        assert E.load_config(path, "quick")["name"] == path.stem, path

@@ -61,12 +61,28 @@ class GridState:
         return (f"grid {self.name}: {len(self.runs)} of {len(self.planned)} runs have a result "
                 f"({hours:.1f} run-hours); {state}")
 
+    def core_hours_left(self) -> float | None:
+        """CPU time the missing runs would take, in hours of one thread, at the mean ``cpu_time_s`` of the
+        finished runs (``None`` before any run has finished). Cells differ in cost (models, steps), so
+        this is a rough guide; ``benchmarks/estimate_reproduce.py`` measures every cell."""
+        times = [float(r["cpu_time_s"]) for r in self.runs if r.get("cpu_time_s")]
+        if not times:
+            return None
+        return len(self.missing) * sum(times) / len(times) / 3600
+
     def pending_markdown(self, what: str = "This section") -> str:
-        """Markdown that stands in for results drawn from an incomplete grid."""
+        """Markdown that stands in for results drawn from an incomplete grid: what is missing, the
+        command that trains it, and a rough cost."""
         example = ", ".join(f"`{m}`" for m in self.missing[:2])
+        hours = self.core_hours_left()
+        cost = ("" if hours is None else
+                f" At the mean CPU time of its finished runs, the missing ones take about {hours:.1f} "
+                "core-hours (`make reproduce` runs one process per core).")
         return (f"**Pending.** {what} reads the complete grid `{self.name}`, which has results for "
                 f"{len(self.runs)} of its {len(self.planned)} runs so far (missing, for example, {example}). "
-                "Nothing is judged on part of a grid: run `make reproduce` (resumable) and build the book again.")
+                f"Nothing is judged on part of a grid: train it with "
+                f"`make reproduce EXPERIMENTS=experiments/{self.name}.toml` (resumable; "
+                "`make reproduce` trains every grid) and build the book again." + cost)
 
 
 def grid_state(cfg: Mapping[str, Any], results_root: Path | None = None) -> GridState:
