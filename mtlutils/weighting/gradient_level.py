@@ -22,8 +22,11 @@ class MGDA(GradientWeighting):
     hull of the tasks' gradients, ``min_α ‖Σ_t α_t ∇_Z L_t‖²``, taken w.r.t. the shared representation Z
     (the upper bound, "UB": one backward through the heads per task), then ``Σ_t α_t L_t`` is
     back-propagated. ``normalization`` of each gradient before the min-norm step, as the paper's code:
-    ``"l2"`` (by its norm), ``"loss"`` (by the loss), ``"loss+"`` (by loss × norm) or ``"none"``; the
-    weights are applied to the *normalised* gradients' losses, i.e. ``λ_t = α_t / n_t``.
+    ``"l2"`` (by its norm), ``"loss"`` (by the loss), ``"loss+"`` (by loss × norm) or ``"none"``.
+    Departure from the authors' code: here the loss weights are ``λ_t = α_t / n_t`` (``n_t`` the
+    normaliser), so that ``Σ_t λ_t ∇L_t`` is exactly the min-norm point of the normalised gradients; the
+    authors' training script back-propagates ``Σ_t α_t L_t`` (weights on the simplex), which points
+    along that min-norm direction only when the normalisers are equal.
     ``on="parameters"`` uses ∇_{θ_s} instead of ∇_Z (the exact MGDA; T full backward passes)."""
 
     def __init__(self, task_names: Iterable[str], normalization: str = "loss+", on: str = "representation",
