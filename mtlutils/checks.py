@@ -1034,41 +1034,67 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
     (Gumbel noise added to ``p`` itself, then the arg-max) and returns how often each group came out.
 
     Such samples follow ``Cat(softmax(p))``, not ``Cat(p)``: checked within 5 standard errors for several
-    ``p``, among them ``p = (1, 0, 0)`` (group 1 only about 57.6% of the time).
+    ``p``, among them ``p = (1, 0, 0)`` (group 1 only about 57.6% of the time). The frequencies must come
+    from draws: each a multiple of ``1/n`` (a count divided by ``n``), not ``softmax(p)`` itself, and two
+    calls under different random seeds (``torch.manual_seed``) must give different draws. Calling a
+    ready-made sampler (``mtlutils.layers.gumbel_softmax``, its ``sample_gumbel``, or
+    ``torch.nn.functional.gumbel_softmax``) is a FAIL.
     """
+    from .layers.gumbel import gumbel_softmax, sample_gumbel
+
     name = "check_authors_frequencies"
-    torch.manual_seed(seed)
+    watch = _Watch({"mtlutils.layers.gumbel_softmax": gumbel_softmax, "mtlutils.layers.gumbel.sample_gumbel":
+                    sample_gumbel, "torch.nn.functional.gumbel_softmax": torch.nn.functional.gumbel_softmax})
     n = 40_000
     worst = 0.0
-    for p in ([1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [0.7, 0.2, 0.05, 0.05]):
-        p = torch.tensor(p, dtype=torch.float64)
-        got, failure = _run(name, lambda: frequencies(p.clone(), n))
+
+    def draw(p: torch.Tensor, call_seed: int) -> tuple[torch.Tensor | None, CheckResult | None]:
+        """One call under ``torch.manual_seed(call_seed)``: the frequencies, or the FAIL that says why not."""
+        torch.manual_seed(call_seed)
+        got, failure = _watched_run(name, watch, lambda: frequencies(p.clone(), n))
         if failure is not None:
-            return _report(failure, verbose)
-        if not isinstance(got, torch.Tensor):
-            return _report(CheckResult(name, False, f"must return one frequency per group ({len(p)}), got "
-                                                    f"{_describe(got)}; expected a tensor of shape ({len(p)},)"),
-                           verbose)
+            return None, failure
+        if not isinstance(got, torch.Tensor) or got.numel() != len(p):
+            return None, CheckResult(name, False, f"must return one frequency per group ({len(p)}), got "
+                                                  f"{_describe(got)}; expected a tensor of shape ({len(p)},)")
         got = got.detach().double().flatten()
-        if got.shape != p.shape:
-            return _report(CheckResult(name, False, f"must return one frequency per group ({len(p)}), got "
-                                                    f"{tuple(got.shape)}; expected a tensor of shape ({len(p)},)"),
-                           verbose)
         if _non_finite(got) is not None:
-            return _report(_not_finite_result(name, f"the frequencies for p={p.tolist()}",
-                                              "frequencies between 0 and 1"), verbose)
+            return None, _not_finite_result(name, f"the frequencies for p={p.tolist()}", "frequencies between 0 and 1")
         if float(got.min()) < 0 or abs(float(got.sum()) - 1) > 1e-6:
-            return _report(CheckResult(name, False, f"frequencies for p={p.tolist()} sum to {float(got.sum()):.4g} "
-                                                    f"(smallest {float(got.min()):.4g}); expected fractions of the "
-                                                    f"n draws: non-negative, summing to 1"), verbose)
-        z = _z_scores(got, torch.softmax(p, 0), n)
-        if z > 5:
-            also = " (these are the frequencies of Cat(p): add the noise to p, not log p)" \
-                if _z_scores(got, p, n) < 5 else ""
-            return _report(CheckResult(name, False, f"frequencies for p={p.tolist()} are {z:.1f} standard errors "
-                                                    f"from softmax(p){also}"), verbose)
-        worst = max(worst, z)
-    return _report(CheckResult(name, True, f"follows Cat(softmax(p)), {worst:.1f} std errors at worst"), verbose)
+            return None, CheckResult(name, False, f"frequencies for p={p.tolist()} sum to {float(got.sum()):.4g} "
+                                                  f"(smallest {float(got.min()):.4g}); expected fractions of the "
+                                                  f"n draws: non-negative, summing to 1")
+        if float((got - torch.softmax(p, 0)).abs().max()) < 1e-12:
+            return None, CheckResult(name, False, f"returns softmax(p) itself for p={p.tolist()}, not the "
+                                                  f"frequencies of n draws: draw the groupings and count them")
+        counts = got * n
+        if float((counts - counts.round()).abs().max()) > 1e-6:
+            return None, CheckResult(name, False, f"frequencies for p={p.tolist()} are not multiples of 1/n "
+                                                  f"(n={n}): expected the count of each group over the n draws, "
+                                                  f"divided by n")
+        return got, None
+
+    for i, p in enumerate(([1.0, 0.0, 0.0], [0.2, 0.5, 0.3], [0.7, 0.2, 0.05, 0.05])):
+        p = torch.tensor(p, dtype=torch.float64)
+        runs = []
+        for call_seed in (seed + 2 * i, seed + 2 * i + 1):     # two calls, two seeds
+            got, failure = draw(p, call_seed)
+            if failure is not None:
+                return _report(failure, verbose)
+            z = _z_scores(got, torch.softmax(p, 0), n)
+            if z > 5:
+                also = " (these are the frequencies of Cat(p): add the noise to p, not log p)" \
+                    if _z_scores(got, p, n) < 5 else ""
+                return _report(CheckResult(name, False, f"frequencies for p={p.tolist()} are {z:.1f} standard "
+                                                        f"errors from softmax(p){also}"), verbose)
+            worst = max(worst, z)
+            runs.append(got)
+        if torch.equal(runs[0], runs[1]):
+            return _report(CheckResult(name, False, f"two calls under different random seeds gave the same "
+                                                    f"frequencies for p={p.tolist()}: draw fresh noise from "
+                                                    f"torch's random generator at every call"), verbose)
+    return _report(CheckResult(name, True, f"follows Cat(softmax(p)) in fresh draws, {worst:.1f} std errors at "
+                                           f"worst"), verbose)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -510,6 +510,50 @@ def test_authors_frequencies_check():
     assert "one frequency per group" in check_authors_frequencies(lambda p, n: torch.ones(2), verbose=False).message
 
 
+def _chapter_solution(p, n):
+    """The solution of chapter 5's exercise, as the chapter writes it."""
+    info = torch.finfo(p.dtype)
+    u = torch.rand(n, len(p), dtype=p.dtype).clamp(info.tiny, 1 - info.eps)
+    winners = (p - torch.log(-torch.log(u))).argmax(dim=1)
+    return winners.bincount(minlength=len(p)).to(p.dtype) / n
+
+
+def test_authors_frequencies_check_wants_draws():
+    """The reported case: softmax(p) itself passed ('0.0 std errors at worst') without sampling."""
+    from mtlutils.checks import check_authors_frequencies
+    from mtlutils.layers import gumbel_softmax
+
+    def stub(p, n):
+        raise NotImplementedError
+
+    def fixed_draws(p, n):          # draws, but the same ones at every call
+        gen = torch.Generator().manual_seed(0)
+        u = torch.rand(n, len(p), dtype=p.dtype, generator=gen).clamp(1e-12, 1 - 1e-12)
+        return (p - torch.log(-torch.log(u))).argmax(1).bincount(minlength=len(p)).double() / n
+
+    assert check_authors_frequencies(_chapter_solution, verbose=False).passed
+    shortcut = check_authors_frequencies(lambda p, n: torch.softmax(p, 0), verbose=False)
+    assert not shortcut.passed and "softmax(p) itself" in shortcut.message, shortcut.message
+    nearly = check_authors_frequencies(lambda p, n: torch.softmax(p, 0) * (1 + 1e-9), verbose=False)
+    assert not nearly.passed and "multiples of 1/n" in nearly.message, nearly.message
+    def rounded_softmax(p, n):      # counts that sum to n, but no draws
+        counts = (torch.softmax(p, 0) * n).round()
+        counts[-1] = n - counts[:-1].sum()
+        return counts / n
+
+    rounded = check_authors_frequencies(rounded_softmax, verbose=False)
+    assert not rounded.passed and "different random seeds" in rounded.message, rounded.message
+    fixed = check_authors_frequencies(fixed_draws, verbose=False)
+    assert not fixed.passed and "different random seeds" in fixed.message, fixed.message
+    assert "not implemented" in check_authors_frequencies(stub, verbose=False).message
+    ready_made = check_authors_frequencies(
+        lambda p, n: gumbel_softmax(p.expand(n, len(p)), hard=True).sum(0) / n, verbose=False)
+    assert not ready_made.passed and "calls the package's mtlutils.layers.gumbel_softmax" in ready_made.message
+    torch_made = check_authors_frequencies(
+        lambda p, n: torch.nn.functional.gumbel_softmax(p.expand(n, len(p)), hard=True).sum(0) / n, verbose=False)
+    assert not torch_made.passed and "torch.nn.functional.gumbel_softmax" in torch_made.message
+
+
 def test_verdict_check():
     from mtlutils.checks import check_verdict
 
