@@ -2,8 +2,8 @@
 
 The profile (environment variable ``MTL_PROFILE``) sets sizes and step counts, never the algorithm:
 
-* ``quick``: tests and CI (nbval); a chapter runs well under a minute on 2 CPU cores.
-* ``full``: the default of the rendered book on a CPU; a chapter runs in a few minutes.
+* ``quick``: tests and CI (nbval); the shortest runs (a few minutes per chapter on 2 CPU cores).
+* ``full``: the default of the rendered book on a CPU; minutes per chapter.
 * ``paper``: the papers' settings on the real datasets (meant for a GPU).
 """
 from __future__ import annotations
