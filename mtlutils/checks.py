@@ -1099,7 +1099,6 @@ def check_authors_frequencies(frequencies: Callable[[torch.Tensor, int], torch.T
 
 # ---------------------------------------------------------------------------------------------------
 # chapter 6
-@_never_crash("one of the strings 'held', 'reversed', 'within the spread'")
 @_never_crash("a string: 'held', 'reversed' or 'within the spread'")
 def check_verdict(verdict: Callable[..., str], verbose: bool = True) -> CheckResult:
     """Chapter 6 exercise: the claim rule ``verdict(a_mean, a_std, b_mean, b_std, higher_is_better=True)``.

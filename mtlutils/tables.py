@@ -51,7 +51,17 @@ def _delta(row: Mapping[str, float], base: Mapping[str, float], metrics: Sequenc
 def verdict(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_better: bool = True) -> str:
     """The claim rule of the reproduction chapter for "A is better than B", from means and standard
     deviations over seeds: ``"held"`` if A's mean is better by more than ``a_std + b_std``, ``"reversed"``
-    if worse by more than that, ``"within the spread"`` otherwise (a gap equal to the spread included)."""
+    if worse by more than that, ``"within the spread"`` otherwise (a gap equal to the spread included).
+
+    A NaN argument (a missing cell, or the std of a single seed) raises :class:`ValueError`: compared with
+    NaN every test is false, which would read as "within the spread" without any evidence."""
+    values = {"a_mean": a_mean, "a_std": a_std, "b_mean": b_mean, "b_std": b_std}
+    missing = [name for name, value in values.items() if math.isnan(value)]
+    if missing:
+        raise ValueError(f"verdict: {', '.join(missing)} is NaN (a cell without finished runs, or the std of "
+                         f"a single seed); a claim needs the mean and spread of at least 2 seeds per side")
+    if a_std < 0 or b_std < 0:
+        raise ValueError(f"verdict: a standard deviation cannot be negative (a_std={a_std}, b_std={b_std})")
     gap = (a_mean - b_mean) if higher_is_better else (b_mean - a_mean)
     spread = a_std + b_std
     if gap > spread:

@@ -29,3 +29,17 @@ def test_plateau_holds_only_when_every_metric_gains_less_than_the_threshold():
     assert table.loc[("d", 1), "largest gain metric"] == "seg/miou"
     with pytest.raises(ValueError, match="no finished run"):
         tables.plateau([flat], "mtan")
+
+
+def test_verdict_rule_and_refusals():
+    """The claim rule on hand-made cases, and a clear error where a NaN would read as 'within the spread'."""
+    from mtlutils.tables import verdict
+    assert verdict(2.0, 0.5, 1.0, 0.25) == "held"
+    assert verdict(1.0, 0.5, 2.0, 0.25) == "reversed"
+    assert verdict(1.75, 0.5, 1.0, 0.25) == "within the spread"        # gap equal to the spread
+    assert verdict(1.0, 0.1, 2.0, 0.1, higher_is_better=False) == "held"
+    for args in [(float("nan"), 0.1, 1.0, 0.1), (1.0, float("nan"), 1.0, 0.1), (1.0, 0.1, 1.0, float("nan"))]:
+        with pytest.raises(ValueError, match="NaN"):
+            verdict(*args)
+    with pytest.raises(ValueError, match="negative"):
+        verdict(1.0, -0.1, 1.0, 0.1)
