@@ -63,6 +63,16 @@ def test_a_grid_is_complete_only_when_every_planned_run_has_a_result(cfg, tmp_pa
     assert full.complete and full.missing == [] and "complete" in full.describe()
     E.demand_complete(full)
 
+    # one note for several grids names only the incomplete ones, with one command for all of them
+    other = E.GridState("other", empty.planned, ())
+    note = E.pending_markdown([full, half, other], "This section")
+    assert "`state` (2 of 4 runs)" in note and "`other` (0 of 4 runs)" in note
+    assert 'EXPERIMENTS="experiments/state.toml experiments/other.toml"' in note
+    assert "core-hours" not in note               # `other` has no finished run to estimate from
+    assert E.pending_markdown([full, half]) == half.pending_markdown()
+    with pytest.raises(ValueError, match="complete"):
+        E.pending_markdown([full])
+
 
 def test_results_of_other_settings_do_not_count(cfg, tmp_path):
     results = tmp_path / "results"

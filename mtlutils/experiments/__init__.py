@@ -50,10 +50,10 @@ from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, i
                      load_results, make_loaders, model_path, protocol_metrics, read_result, run_grid,
                      write_result)
 from .state import (COMPLETE_ENV, GridState, IncompleteResultsError, complete_required, demand_complete,
-                    grid_state)
+                    grid_state, pending_markdown)
 from .. import distributed
 
-__all__ = ["DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "metric_columns",
+__all__ = ["pending_markdown", "DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "metric_columns",
            "runs_frame", "summarise", "verdict", "DEFAULT_TRAIN", "ConfigError", "Run", "config_hash", "grid",
            "load_config", "run_config", "validate", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
            "execute", "is_done", "keeps_model", "load_model", "model_path", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",

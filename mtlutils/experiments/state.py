@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 from .config import Run, grid
 from .runner import load_results
@@ -71,18 +71,40 @@ class GridState:
         return len(self.missing) * sum(times) / len(times) / 3600
 
     def pending_markdown(self, what: str = "This section") -> str:
-        """Markdown that stands in for results drawn from an incomplete grid: what is missing, the
-        command that trains it, and a rough cost."""
-        example = ", ".join(f"`{m}`" for m in self.missing[:2])
-        hours = self.core_hours_left()
-        cost = ("" if hours is None else
-                f" At the mean CPU time of its finished runs, the missing ones take about {hours:.1f} "
-                "core-hours (`make reproduce` runs one process per core).")
-        return (f"**Pending.** {what} reads the complete grid `{self.name}`, which has results for "
-                f"{len(self.runs)} of its {len(self.planned)} runs so far (missing, for example, {example}). "
-                f"Nothing is judged on part of a grid: train it with "
-                f"`make reproduce EXPERIMENTS=experiments/{self.name}.toml` (resumable; "
-                "`make reproduce` trains every grid) and build the book again." + cost)
+        """Markdown that stands in for results drawn from this incomplete grid (:func:`pending_markdown`)."""
+        return pending_markdown([self], what)
+
+
+def _command(names: Sequence[str]) -> str:
+    files = " ".join(f"experiments/{name}.toml" for name in names)
+    return f"`make reproduce EXPERIMENTS=\"{files}\"`" if len(names) > 1 else \
+        f"`make reproduce EXPERIMENTS={files}`"
+
+
+def pending_markdown(states: Sequence[GridState], what: str = "This section") -> str:
+    """Markdown that stands in for results drawn from one or more grids that are not all complete: what is
+    missing, the command that trains it, and a rough cost. Only the incomplete ones of ``states`` are
+    named; ``ValueError`` if every one is complete (there is nothing pending to say)."""
+    waiting = [state for state in states if not state.complete]
+    if not waiting:
+        raise ValueError(f"pending_markdown: every grid of {[s.name for s in states]} is complete")
+    hours = [state.core_hours_left() for state in waiting]
+    cost = ("" if None in hours else
+            f" At the mean CPU time of the finished runs, the missing ones take about {sum(hours):.1f} "
+            "core-hours (`make reproduce` runs one process per core).")
+    if len(waiting) == 1:
+        state = waiting[0]
+        example = ", ".join(f"`{m}`" for m in state.missing[:2])
+        found = (f"the complete grid `{state.name}`, which has results for {len(state.runs)} of its "
+                 f"{len(state.planned)} runs so far (missing, for example, {example})")
+    else:
+        found = "the complete grids " + ", ".join(
+            f"`{state.name}` ({len(state.runs)} of {len(state.planned)} runs)" for state in waiting[:-1])
+        last = waiting[-1]
+        found += f" and `{last.name}` ({len(last.runs)} of {len(last.planned)} runs)"
+    return (f"**Pending.** {what} reads {found}. Nothing is judged on part of a grid: train "
+            f"{'it' if len(waiting) == 1 else 'them'} with {_command([s.name for s in waiting])} "
+            "(resumable; `make reproduce` trains every grid) and build the book again." + cost)
 
 
 def grid_state(cfg: Mapping[str, Any], results_root: Path | None = None) -> GridState:
