@@ -25,10 +25,10 @@ from .tasks import TASKS, Task
 from .train import History, evaluate, fit
 
 __version__ = "0.1.0"
-_LAZY = ("plots", "checks", "tables", "experiments", "assignments")
+_LAZY = ("plots", "checks", "tables", "experiments", "assignments", "timing")
 
 __all__ = ["baselines", "checks", "plots", "tables", "experiments", "precision", "provenance", "config", "data",
-           "layers", "metrics", "models", "tasks", "train", "weighting", "PROFILE", "by_profile", "get_device",
+           "layers", "metrics", "models", "tasks", "timing", "train", "weighting", "PROFILE", "by_profile", "get_device",
            "seed_everything", "Task", "TASKS", "History", "fit", "evaluate", "__version__"]
 
 
