@@ -84,11 +84,13 @@ class History:
 
     ``rows[e]`` holds epoch ``e + 1``: keys ``"epoch"``, ``"train/<task>/loss"``, ``"weight/<task>"``,
     ``"train/<task>/<metric>"`` and, with validation data, ``"val/<task>/loss"``, ``"val/<task>/<metric>"``.
-    Wall-clock seconds per epoch are kept apart (``seconds``) and do not take part in equality.
+    Wall-clock and CPU seconds per epoch (this process's CPU time) are kept apart (``seconds``,
+    ``cpu_seconds``), survive a resume from a checkpoint, and do not take part in equality.
     """
 
     rows: list[dict[str, float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list, compare=False)
+    cpu_seconds: list[float] = field(default_factory=list, compare=False)
     precision: str = field(default="fp32", compare=False)   # the arithmetic of the training (mtlutils.precision)
 
     def __len__(self) -> int:
@@ -138,12 +140,14 @@ class History:
         return pd.DataFrame.from_records(records, columns=["epoch", "split", "task", "quantity", "value"])
 
     def state(self) -> dict[str, Any]:
-        return {"rows": [dict(r) for r in self.rows], "seconds": list(self.seconds), "precision": self.precision}
+        return {"rows": [dict(r) for r in self.rows], "seconds": list(self.seconds),
+                "cpu_seconds": list(self.cpu_seconds), "precision": self.precision}
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> "History":
+        # checkpoints written before cpu_seconds existed have none: the list stays shorter than seconds
         return cls(rows=[dict(r) for r in state["rows"]], seconds=list(state["seconds"]),
-                   precision=state.get("precision", "fp32"))
+                   cpu_seconds=list(state.get("cpu_seconds", [])), precision=state.get("precision", "fp32"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -454,7 +458,7 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
     setup = _Setup(data, tasks, device, seed, grad_clip, checkpoint, bar, train_metrics, callbacks)
     try:
         for epoch in range(start + 1, epochs + 1):
-            began = time.perf_counter()
+            began, cpu_began = time.perf_counter(), time.process_time()
             bar.set_description(f"{prefix}epoch {epoch}/{epochs}")
             loop.epoch = epoch
             try:
@@ -473,6 +477,7 @@ def fit(model: nn.Module, data: Iterable[Batch], tasks: "Mapping[str, Task] | It
                 sched.step()
             history.rows.append(row)
             history.seconds.append(time.perf_counter() - began)
+            history.cpu_seconds.append(time.process_time() - cpu_began)
             if val_data is not None:
                 bar.update(0, **{f"val {name}": row[f"val/{name}/loss"] for name in tasks})
             if checkpoint is not None and distributed.is_main():

@@ -164,6 +164,21 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(config, tmp_path, monkey
     assert not checkpoint.exists(), "the checkpoint is deleted once the result is written"
     assert resumed["history"] == uninterrupted["history"]
     assert resumed["metrics"] == uninterrupted["metrics"]
+    # the time of every epoch is kept across the resume, not only the last process's
+    epochs = len(uninterrupted["history"])
+    assert len(resumed["seconds_per_epoch"]) == len(resumed["cpu_seconds_per_epoch"]) == epochs
+    assert E.training_seconds(resumed) == pytest.approx(sum(resumed["seconds_per_epoch"]))
+    assert E.training_cpu_seconds(resumed) == pytest.approx(sum(resumed["cpu_seconds_per_epoch"]))
+
+
+def test_training_time_of_result_files_with_and_without_per_epoch_cpu_time():
+    new = {"seconds_per_epoch": [2.0, 3.0], "cpu_seconds_per_epoch": [1.5, 2.5], "wall_time_s": 3.1,
+           "cpu_time_s": 2.6}
+    assert E.training_seconds(new) == 5.0 and E.training_cpu_seconds(new) == 4.0
+    one_process = {"seconds_per_epoch": [2.0, 3.0], "wall_time_s": 5.2, "cpu_time_s": 4.4}
+    assert E.training_cpu_seconds(one_process) == 4.4          # older file, trained by one process
+    resumed = {"seconds_per_epoch": [2.0, 3.0], "wall_time_s": 3.1, "cpu_time_s": 2.6}
+    assert E.training_seconds(resumed) == 5.0 and E.training_cpu_seconds(resumed) is None
 
 
 def test_a_diverging_run_is_recorded_as_such_and_left_out_of_the_means(config, tmp_path):

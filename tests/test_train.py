@@ -202,6 +202,10 @@ def test_history_state_round_trip():
     h = History(rows=[{"epoch": 1.0, "train/a/loss": 0.5}], seconds=[1.2])
     assert History.from_state(h.state()) == h
     assert History(rows=h.rows, seconds=[9.9]) == h  # wall time does not take part in equality
+    timed = History(rows=h.rows, seconds=[1.2], cpu_seconds=[1.1])
+    assert History.from_state(timed.state()).cpu_seconds == [1.1]
+    old = {k: v for k, v in timed.state().items() if k != "cpu_seconds"}   # a checkpoint from before
+    assert History.from_state(old).cpu_seconds == []
 
 
 class HookedModel(torch.nn.Module):

@@ -48,6 +48,7 @@ from .config import (DEFAULT_TRAIN, ConfigError, Run, config_hash, grid, load_co
                      validate)
 from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, is_done, keeps_model, load_model,
                      load_results, make_loaders, model_path, protocol_metrics, read_result, run_grid,
+                     training_cpu_seconds, training_seconds,
                      write_result)
 from .state import (COMPLETE_ENV, GridState, IncompleteResultsError, complete_required, demand_complete,
                     grid_state, pending_markdown)
@@ -57,5 +58,6 @@ __all__ = ["pending_markdown", "DATA_KINDS", "build_data", "input_channels", "ce
            "runs_frame", "summarise", "verdict", "DEFAULT_TRAIN", "ConfigError", "Run", "config_hash", "grid",
            "load_config", "run_config", "validate", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
            "execute", "is_done", "keeps_model", "load_model", "model_path", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",
+           "training_cpu_seconds", "training_seconds",
            "write_result", "COMPLETE_ENV", "GridState", "IncompleteResultsError", "complete_required",
            "demand_complete", "grid_state", "distributed"]

@@ -131,9 +131,12 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
         "precision": history.precision,
         "threads": torch.get_num_threads(),
         "fingerprint": provenance.fingerprint(device, distributed.world()[1]),
+        # wall_time_s and cpu_time_s: this process only (a resumed run trained its first epochs in another);
+        # training_seconds() and training_cpu_seconds() add up the epochs of every process
         "versions": provenance.versions(), "wall_time_s": round(wall, 2),
         "cpu_time_s": round(cpu, 2),   # this process's CPU time: the cost whatever else ran on the machine
-        "seconds_per_epoch": [round(s, 3) for s in history.seconds], "parameters": n_params,
+        "seconds_per_epoch": [round(s, 3) for s in history.seconds],
+        "cpu_seconds_per_epoch": [round(s, 3) for s in history.cpu_seconds], "parameters": n_params,
         "protocol": f"mean of the last {last} epoch(s)' validation metrics (dataset-wide)",
         "status": status, "error": error, "metrics": metrics, "history": history.rows,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -156,6 +159,25 @@ def execute(cfg: Mapping[str, Any], run: Run, results: Path, checkpoints: Path, 
 def write_result(path: Path, result: Mapping[str, Any]) -> None:
     """Write a result file atomically."""
     atomic_write_text(path, json.dumps(result, indent=1, sort_keys=False) + "\n")
+
+
+def training_seconds(result: Mapping[str, Any]) -> float:
+    """Wall-clock seconds a run's epochs took (training and validation), summed over every process that
+    trained it: a run resumed from a checkpoint has a ``wall_time_s`` of its last process only."""
+    per_epoch = result.get("seconds_per_epoch") or []
+    return float(sum(per_epoch)) if per_epoch else float(result.get("wall_time_s", 0.0))
+
+
+def training_cpu_seconds(result: Mapping[str, Any]) -> float | None:
+    """CPU seconds of a run's epochs over every process that trained it (``cpu_seconds_per_epoch``).
+    For a result file without them (made before they were recorded): its ``cpu_time_s`` if one process
+    trained every epoch (its wall time covers at least 90 % of the epochs' time), else ``None``."""
+    per_epoch = result.get("cpu_seconds_per_epoch") or []
+    if per_epoch and len(per_epoch) == len(result.get("seconds_per_epoch") or []):
+        return float(sum(per_epoch))
+    if result.get("cpu_time_s") and float(result.get("wall_time_s", 0.0)) >= 0.9 * training_seconds(result):
+        return float(result["cpu_time_s"])
+    return None
 
 
 def read_result(path: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from .config import Run, grid
-from .runner import load_results
+from .runner import load_results, training_cpu_seconds, training_seconds
 
 COMPLETE_ENV = "MTL_RESULTS_COMPLETE"
 
@@ -56,16 +56,17 @@ class GridState:
 
     def describe(self) -> str:
         """One line: runs with a result out of the planned ones, and the training time they took."""
-        hours = sum(float(r.get("wall_time_s", 0.0)) for r in self.runs) / 3600
+        hours = sum(training_seconds(r) for r in self.runs) / 3600
         state = "complete" if self.complete else "incomplete: `make reproduce` trains the missing runs"
         return (f"grid {self.name}: {len(self.runs)} of {len(self.planned)} runs have a result "
                 f"({hours:.1f} run-hours); {state}")
 
     def core_hours_left(self) -> float | None:
-        """CPU time the missing runs would take, in hours of one thread, at the mean ``cpu_time_s`` of the
-        finished runs (``None`` before any run has finished). Cells differ in cost (models, steps), so
-        this is a rough guide; ``benchmarks/estimate_reproduce.py`` measures every cell."""
-        times = [float(r["cpu_time_s"]) for r in self.runs if r.get("cpu_time_s")]
+        """CPU time the missing runs would take, in hours of one thread, at the mean CPU time of the
+        finished runs (:func:`training_cpu_seconds`; ``None`` before any run has a known one). Cells differ
+        in cost (models, steps), so this is a rough guide; ``benchmarks/estimate_reproduce.py`` measures
+        every cell."""
+        times = [t for t in map(training_cpu_seconds, self.runs) if t]
         if not times:
             return None
         return len(self.missing) * sum(times) / len(times) / 3600
