@@ -2,14 +2,15 @@
 
 A chapter that compares the cost of two implementations (a hand-written and an autograd backward pass, a
 masked and a one-convolution filter-group layer, the weighting methods' training steps) times them
-*interleaved*: every round calls each contender once, and the contender that goes first rotates from one
-round to the next, so that a change in the machine's load falls on all of them alike and none is always
-first after a pause or last in a warm cache. The first rounds are warm-up and are dropped; the medians of
+*interleaved*: every round calls each contender once, in an order drawn afresh (from a seeded generator)
+every round, so that a change in the machine's load falls on all of them alike and none always runs first,
+or always right after the same other contender (whose leftovers in the caches it would inherit). The first rounds are warm-up and are dropped; the medians of
 the rest are compared. Such numbers describe this machine under its load of the moment: the benchmarks in
 ``benchmarks/`` measure with more care, and no test asserts a time.
 """
 from __future__ import annotations
 
+import random
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -37,20 +38,20 @@ def seconds(fn: Callable[[], Any], device: torch.device | str | None = None) -> 
 
 
 def interleaved(contenders: Mapping[str, Callable[[], Any]], rounds: int, warmup: int = 1,
-                device: torch.device | str | None = None) -> dict[str, list[float]]:
+                device: torch.device | str | None = None, seed: int = 0) -> dict[str, list[float]]:
     """Seconds per call of every contender, over ``rounds`` kept rounds after ``warmup`` dropped ones.
 
-    Round ``r`` calls the contenders in their order rotated by ``r`` (the contender that starts the
-    round changes every round). Returns ``{name: [seconds of each kept round]}``."""
+    Every round calls each contender once, in a random order drawn from ``random.Random(seed)`` (the
+    global random generators are not touched). Returns ``{name: [seconds of each kept round]}``."""
     if not contenders:
         raise ValueError("interleaved: no contenders to time")
     if rounds < 1 or warmup < 0:
         raise ValueError(f"interleaved: rounds must be >= 1 and warmup >= 0 (got {rounds}, {warmup})")
+    order = random.Random(seed)
     names = list(contenders)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(warmup + rounds):
-        start = r % len(names)
-        for name in names[start:] + names[:start]:
+        for name in order.sample(names, len(names)):
             taken = seconds(contenders[name], device)
             if r >= warmup:
                 times[name].append(taken)

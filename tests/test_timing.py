@@ -7,13 +7,20 @@ import pytest
 from mtlutils import timing
 
 
-def test_interleaved_rotates_the_first_contender_and_drops_the_warmup():
+def test_interleaved_calls_each_contender_once_per_round_in_fresh_orders():
     calls = []
-    contenders = {name: (lambda name=name: calls.append(name)) for name in "abc"}
-    times = timing.interleaved(contenders, rounds=3, warmup=2)
-    assert calls == list("abc" "bca" "cab" "abc" "bca")        # 2 warm-up rounds, then 3 kept
-    assert {name: len(v) for name, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    contenders = {name: (lambda name=name: calls.append(name)) for name in "abcd"}
+    times = timing.interleaved(contenders, rounds=30, warmup=2)
+    rounds = [calls[i:i + 4] for i in range(0, len(calls), 4)]
+    assert len(rounds) == 32 and all(sorted(r) == list("abcd") for r in rounds)
+    assert len({r[0] for r in rounds}) == 4                      # every contender goes first sometimes
+    after_a = {r[r.index("a") + 1] for r in rounds if r[-1] != "a"}
+    assert len(after_a) > 1                                      # nobody always follows the same one
+    assert {name: len(v) for name, v in times.items()} == {n: 30 for n in "abcd"}   # warm-up dropped
     assert all(t >= 0 for v in times.values() for t in v)
+    again = []
+    timing.interleaved({n: (lambda n=n: again.append(n)) for n in "abcd"}, rounds=30, warmup=2)
+    assert again == calls                                        # the orders come from the seed
     with pytest.raises(ValueError, match="no contenders"):
         timing.interleaved({}, rounds=1)
     with pytest.raises(ValueError, match="rounds"):
