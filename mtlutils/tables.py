@@ -53,8 +53,10 @@ def verdict(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_
     deviations over seeds: ``"held"`` if A's mean is better by more than ``a_std + b_std``, ``"reversed"``
     if worse by more than that, ``"within the spread"`` otherwise (a gap equal to the spread included).
 
-    A NaN argument (a missing cell, or the std of a single seed) raises :class:`ValueError`: compared with
-    NaN every test is false, which would read as "within the spread" without any evidence."""
+    A NaN argument (a cell without finished runs, or a single seed's std left as NaN) raises
+    :class:`ValueError`: compared with NaN every test is false, which would read as "within the spread"
+    without any evidence. A caller that fills a single seed's std with 0 (as :func:`summarise` does) gets
+    a verdict with no spread: check the number of seeds first."""
     values = {"a_mean": a_mean, "a_std": a_std, "b_mean": b_mean, "b_std": b_std}
     missing = [name for name, value in values.items() if math.isnan(value)]
     if missing:

@@ -21,10 +21,10 @@ import torch
 
 def sync(device: torch.device | str | None = None) -> None:
     """Wait for the accelerator's queued work, so that a wall-clock interval covers it (no-op on CPU)."""
-    kind = torch.device(device).type if device is not None else "cpu"
-    if kind == "cuda":
-        torch.cuda.synchronize()
-    elif kind == "mps":
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
         torch.mps.synchronize()
 
 
@@ -62,6 +62,8 @@ def summary(times: Mapping[str, Sequence[float]], reference: str | None = None,
             scale: float = 1.0, unit: str = "s") -> pd.DataFrame:
     """One row per contender: the median, quartiles, fastest and slowest round (times ``scale``, labelled
     ``unit``) and the rounds timed; with ``reference``, each median over the reference's median."""
+    if not times or any(len(values) == 0 for values in times.values()):
+        raise ValueError(f"summary: every contender needs at least one time (got {dict(times)})")
     if reference is not None and reference not in times:
         raise KeyError(f"summary: reference {reference!r} is not one of {list(times)}")
     rows = {}

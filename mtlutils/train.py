@@ -85,7 +85,9 @@ class History:
     ``rows[e]`` holds epoch ``e + 1``: keys ``"epoch"``, ``"train/<task>/loss"``, ``"weight/<task>"``,
     ``"train/<task>/<metric>"`` and, with validation data, ``"val/<task>/loss"``, ``"val/<task>/<metric>"``.
     Wall-clock and CPU seconds per epoch (this process's CPU time) are kept apart (``seconds``,
-    ``cpu_seconds``), survive a resume from a checkpoint, and do not take part in equality.
+    ``cpu_seconds``), survive a resume from a checkpoint, and do not take part in equality. A checkpoint
+    written before ``cpu_seconds`` existed has none: after resuming from it the list is shorter than
+    ``seconds`` and holds the later epochs only (``experiments.training_cpu_seconds`` then falls back).
     """
 
     rows: list[dict[str, float]] = field(default_factory=list)

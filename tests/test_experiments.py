@@ -179,6 +179,9 @@ def test_training_time_of_result_files_with_and_without_per_epoch_cpu_time():
     assert E.training_cpu_seconds(one_process) == 4.4          # older file, trained by one process
     resumed = {"seconds_per_epoch": [2.0, 3.0], "wall_time_s": 3.1, "cpu_time_s": 2.6}
     assert E.training_seconds(resumed) == 5.0 and E.training_cpu_seconds(resumed) is None
+    diverged_at_once = {"seconds_per_epoch": [], "cpu_seconds_per_epoch": [], "wall_time_s": 3.0,
+                        "cpu_time_s": 2.9}
+    assert E.training_cpu_seconds(diverged_at_once) is None           # no epoch to divide it over
 
 
 def test_a_diverging_run_is_recorded_as_such_and_left_out_of_the_means(config, tmp_path):

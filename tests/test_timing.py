@@ -40,6 +40,16 @@ def test_summary_on_hand_made_times():
         timing.summary({"a": [1.0]}, reference="b")
 
 
-def test_seconds_measures_the_call():
-    assert timing.seconds(lambda: sum(range(1000))) >= 0.0
-    timing.sync("cpu")                                                # a no-op without an accelerator
+def test_seconds_synchronises_the_given_device_before_and_after(monkeypatch):
+    waited = []
+    monkeypatch.setattr(timing.torch.cuda, "synchronize", lambda device=None: waited.append(device))
+    ran = []
+    assert timing.seconds(lambda: ran.append(1), device="cuda:1") >= 0.0
+    assert ran == [1] and waited == [timing.torch.device("cuda:1")] * 2
+    waited.clear()
+    timing.seconds(lambda: None, device="cpu")
+    assert waited == []                                                 # nothing to wait for on a CPU
+    with pytest.raises(ValueError, match="at least one time"):
+        timing.summary({"a": []})
+    with pytest.raises(ValueError, match="at least one time"):
+        timing.summary({})

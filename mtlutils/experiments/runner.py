@@ -169,9 +169,13 @@ def training_seconds(result: Mapping[str, Any]) -> float:
 
 
 def training_cpu_seconds(result: Mapping[str, Any]) -> float | None:
-    """CPU seconds of a run's epochs over every process that trained it (``cpu_seconds_per_epoch``).
-    For a result file without them (made before they were recorded): its ``cpu_time_s`` if one process
-    trained every epoch (its wall time covers at least 90 % of the epochs' time), else ``None``."""
+    """CPU seconds of a run's finished epochs over every process that trained it, in the main process
+    (``cpu_seconds_per_epoch``; with several processes, multiply by ``processes`` for the whole cost).
+    For a result file without them (made before they were recorded) or whose first epochs came from an
+    older checkpoint: its ``cpu_time_s`` if one process trained (nearly) every epoch (its wall time is at
+    least 90 % of the epochs' time), else ``None``. ``None`` too for a run without a finished epoch."""
+    if not result.get("seconds_per_epoch"):
+        return None
     per_epoch = result.get("cpu_seconds_per_epoch") or []
     if per_epoch and len(per_epoch) == len(result.get("seconds_per_epoch") or []):
         return float(sum(per_epoch))
