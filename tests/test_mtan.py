@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mtlutils.layers import AttentionModule
-from mtlutils.layers.attention import shared_unit_per_task, stacked_masks
+from mtlutils.layers.attention import pointwise_conv, shared_unit_per_task, stacked_masks
 from mtlutils.models import count_parameters, create
 from mtlutils.models.mtan import MTAN
 from mtlutils.models.params import PAPER_P, parameter_table
@@ -273,3 +273,33 @@ def test_synchronised_batch_norms_make_mtan_run_its_modules():
     got = converted(x)
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("groups", [1, 3])
+def test_pointwise_conv_equals_a_1x1_convolution(groups):
+    """The batched matrix product computes F.conv2d's function: values and gradients (float64, gradcheck)."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 4 * groups, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6 * groups, 4, 1, 1, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(6 * groups, dtype=torch.float64, requires_grad=True)
+    got = pointwise_conv(x, w, b, groups=groups)
+    want = torch.nn.functional.conv2d(x, w, b, groups=groups)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    ramp = torch.linspace(-1, 1, want.numel(), dtype=torch.float64).view_as(want)
+    grads = [torch.autograd.grad((y * ramp).sum(), (x, w, b)) for y in (got, want)]
+    for g_got, g_want in zip(*grads):
+        torch.testing.assert_close(g_got, g_want, rtol=0, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda a, c, d: pointwise_conv(a, c, d, groups=groups), (x, w, b))
+    sliced = w[:, 1:]   # a non-contiguous weight (stacked_masks splits g's weight this way)
+    torch.testing.assert_close(pointwise_conv(x[:, : 3 * groups], sliced, groups=groups),
+                               torch.nn.functional.conv2d(x[:, : 3 * groups], sliced, groups=groups))
+
+
+def test_pointwise_conv_stays_in_the_autocast_type_and_refuses_other_kernels():
+    x, w, b = torch.randn(2, 8, 4, 4), torch.randn(6, 4, 1, 1), torch.randn(6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert pointwise_conv(x, w, b, groups=2).dtype == torch.bfloat16   # the bias does not promote
+    with pytest.raises(ValueError, match="1x1 weight"):
+        pointwise_conv(x, torch.randn(6, 4, 3, 3), groups=2)
+    with pytest.raises(ValueError, match="1x1 weight"):
+        pointwise_conv(x, w, groups=3)

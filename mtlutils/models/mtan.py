@@ -21,8 +21,8 @@ initialised as the trunk's own (``trunk.initialise``: Xavier-normal for SegNet, 
 
 The ``f`` units are shared by the tasks but run on each task's path. The reference code runs every
 task's path separately (:func:`reference_features`, kept for tests and teaching); :class:`MTAN` runs
-all tasks of a block at once (``fast=True``, the default: grouped convolutions for the per-task 1x1
-convs, tasks folded into the batch for ``f``), which computes the same function (values, gradients and
+all tasks of a block at once (``fast=True``, the default: the per-task 1x1 convs as one batched matrix
+product, tasks folded into the batch for ``f``), which computes the same function (values, gradients and
 batch-norm statistics) with fewer, larger kernel calls.
 
 **STAN** is MTAN with one task; ``create("stan", tasks)`` builds one STAN per task, as "single" builds
