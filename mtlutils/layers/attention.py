@@ -125,7 +125,7 @@ def pointwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
                          f"expected, got weight {tuple(weight.shape)} and x {tuple(x.shape)}")
     out = torch.matmul(weight.reshape(groups, c_out, -1), x.reshape(n, groups, c_in // groups, h * w))
     if bias is not None:
-        out = out + bias.view(groups, c_out, 1).to(out.dtype)  # autocast: stay in the product's type
+        out.add_(bias.view(groups, c_out, 1).to(out.dtype))  # autocast: stay in the product's type
     return out.view(n, groups * c_out, h, w)
 
 
