@@ -136,6 +136,21 @@ def last_quarter_gain(history: Sequence[Mapping[str, float]], fraction: float = 
     return gains
 
 
+def did_not_learn(result: Mapping[str, Any], tolerance: float = 0.01) -> bool:
+    """Whether a *finished* run stalled: every task's training loss at the last epoch lies within
+    ``tolerance`` (relative) of its value at epoch 2 (after the first epoch's fall to a constant
+    prediction). Such a run has finite metrics, so the claim rule counts it, though it never trained: a
+    chapter should say so. False for diverged runs, runs of fewer than 3 epochs, and runs whose history
+    has no training losses."""
+    history = result.get("history") or []
+    if result.get("status") != "finished" or len(history) < 3:
+        return False
+    keys = [k for k in history[-1] if k.startswith("train/") and k.endswith("/loss")]
+    if not keys:
+        return False
+    return all(abs(history[-1][k] - history[1][k]) <= tolerance * abs(history[1][k]) for k in keys)
+
+
 def plateau(results: Sequence[Mapping[str, Any]], model: str, threshold: float = 2.0):
     """The plateau criterion of the reproduction chapter for one grid: for every run of ``model`` (the
     single-task baseline, equal weighting), the largest improvement of any validation metric over the last

@@ -43,3 +43,22 @@ def test_verdict_rule_and_refusals():
             verdict(*args)
     with pytest.raises(ValueError, match="negative"):
         verdict(1.0, -0.1, 1.0, 0.1)
+
+
+def test_did_not_learn_flags_a_finished_run_whose_losses_stayed_flat():
+    from mtlutils.tables import did_not_learn
+
+    def run(seg, normal, status="finished"):
+        return {"status": status, "history": [{"epoch": e + 1, "train/seg/loss": s, "train/normal/loss": n}
+                                              for e, (s, n) in enumerate(zip(seg, normal))]}
+
+    flat = run([2.8, 2.293, 2.285, 2.278], [0.456, 0.419, 0.419, 0.419])   # a collapsed run (values of one)
+    assert did_not_learn(flat)
+    learning = run([2.6, 2.09, 1.95, 1.03], [0.43, 0.37, 0.34, 0.18])
+    assert not did_not_learn(learning)
+    one_task_learns = run([2.8, 2.29, 2.28, 2.28], [0.45, 0.40, 0.30, 0.20])
+    assert not did_not_learn(one_task_learns)
+    assert not did_not_learn(run([2.8, 2.29, 2.28], [0.4, 0.4, 0.4], status="diverged"))
+    assert not did_not_learn(run([2.8, 2.29], [0.4, 0.4]))           # too short to tell
+    assert did_not_learn(run([2.8, 2.29, 2.30], [0.4, 0.4, 0.4]), tolerance=0.01)
+    assert not did_not_learn(run([2.8, 2.29, 2.20], [0.4, 0.4, 0.4]), tolerance=0.01)

@@ -43,7 +43,7 @@ Modules: :mod:`~mtlutils.experiments.config` (files, schema, the grid), :mod:`~m
 from __future__ import annotations
 
 from ..data.builders import DATA_KINDS, build_data, input_channels
-from ..tables import cell_runs, deltas_per_run, metric_columns, runs_frame, summarise, verdict
+from ..tables import cell_runs, deltas_per_run, did_not_learn, metric_columns, runs_frame, summarise, verdict
 from .config import (DEFAULT_TRAIN, ConfigError, Run, config_hash, grid, load_config, run_config,
                      validate)
 from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, is_done, keeps_model, load_model,
@@ -54,7 +54,7 @@ from .state import (COMPLETE_ENV, GridState, IncompleteResultsError, complete_re
                     grid_state, pending_markdown)
 from .. import distributed
 
-__all__ = ["pending_markdown", "DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "metric_columns",
+__all__ = ["pending_markdown", "DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "did_not_learn", "metric_columns",
            "runs_frame", "summarise", "verdict", "DEFAULT_TRAIN", "ConfigError", "Run", "config_hash", "grid",
            "load_config", "run_config", "validate", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
            "execute", "is_done", "keeps_model", "load_model", "model_path", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",
