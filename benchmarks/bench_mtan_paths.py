@@ -42,11 +42,12 @@ def one_step(model, opt, tasks, batch, precision: str) -> None:
     opt.step()
 
 
-def measure(setting: dict, steps: int, warmup: int, clock) -> dict[str, float]:
+def measure(setting: dict, steps: int, warmup: int, clock, variants=tuple(VARIANTS)) -> dict[str, float]:
     tasks = [seg_task(13), TASKS["depth"], TASKS["normal"]]
     batch = make_batch(tasks, setting["batch"], setting["size"], 13, "cpu")
     runs = {}
-    for name, (fast, precision, channels_last) in VARIANTS.items():
+    for name in variants:
+        fast, precision, channels_last = VARIANTS[name]
         mu.seed_everything(0)
         model = mu.models.create("mtan", tasks, width=setting["width"])
         model.fast = fast
@@ -72,13 +73,17 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                        help="fewer variants: shorter rounds, less drift within a round")
     args = parser.parse_args()
+    if "loop, fp32" not in args.variants:
+        parser.error("--variants must include 'loop, fp32' (the reference of every ratio)")
     if args.threads:
         torch.set_num_threads(args.threads)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     print(f"threads={torch.get_num_threads()} clock={args.clock} auto={P.resolve('auto', 'cpu')}")
     for key in args.settings:
-        result = measure(SETTINGS[key], args.steps, args.warmup, clock)
+        result = measure(SETTINGS[key], args.steps, args.warmup, clock, args.variants)
         base = result["loop, fp32"]
         print(f"\n{key}: {SETTINGS[key]}")
         for name, seconds in result.items():
