@@ -37,6 +37,7 @@ _NOT_ISA = {"smep", "smap"}   # x86 security features that share a prefix with A
 EXACT_KEYS = ("cpu", "isa", "cpu_capability", "torch", "torch_build", "numpy", "threads", "processes",
               "device", "code")
 DEFAULT_SPREAD_K = 2.0       # tolerance rule: |repeat - committed| <= k * std over the committed seeds
+RESULTS_DIR = "results"      # the runner's output folder, ignored when deciding whether a commit is dirty
 DEFAULT_REL_TOL = 0.10       # ... or, with a single committed seed, 10 % of the committed value
 
 
@@ -88,8 +89,8 @@ def _read_code_hash() -> str:
 
 
 def git_commit(repo: Path | None = None) -> str:
-    """The commit this process's code came from: ``HEAD`` (with ``+dirty`` when tracked files differed
-    from it) at the first call (the runner calls it when it is imported), so that a commit made while a
+    """The commit this process's code came from: ``HEAD`` (with ``+dirty`` when tracked files outside
+    ``results/`` differed from it) at the first call (the runner calls it when it is imported), so that a commit made while a
     long run trains is not credited with that run; ``"unknown"`` outside git."""
     repo = repo or PACKAGE.parent
     if repo not in _COMMITS:
@@ -101,7 +102,10 @@ def _read_git_commit(repo: Path) -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True,
                                 timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+        # Result files are the runner's own output (a finished grid rewrites its summary.csv): they do
+        # not change the code, so they do not make the commit dirty for the runs trained after them.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                f":(exclude){RESULTS_DIR}"], cwd=repo,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return (commit or "unknown") + ("+dirty" if commit and dirty else "")
     except (OSError, subprocess.SubprocessError):

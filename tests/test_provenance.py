@@ -64,3 +64,24 @@ def test_fingerprint_records_what_equality_depends_on():
     assert fp["threads"] >= 1 and len(fp["code"]) == 16 and fp["torch_build"]
     assert "smep" not in fp["isa"].split()
     assert P.code_hash() == fp["code"]          # stable within one process
+
+
+def test_dirty_ignores_result_files_but_not_code(tmp_path):
+    """A finished grid rewrites its summary.csv: that must not mark later runs ``+dirty``; code must."""
+    import subprocess
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "results" / "g").mkdir(parents=True)
+    (tmp_path / "results" / "g" / "summary.csv").write_text("a\n")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", ".")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "c")
+    clean = P._read_git_commit(tmp_path)
+    assert len(clean) == 40 and not clean.endswith("+dirty")
+    (tmp_path / "results" / "g" / "summary.csv").write_text("a\nb\n")
+    assert P._read_git_commit(tmp_path) == clean
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert P._read_git_commit(tmp_path) == clean + "+dirty"
