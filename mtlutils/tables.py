@@ -48,6 +48,19 @@ def _delta(row: Mapping[str, float], base: Mapping[str, float], metrics: Sequenc
     return delta_mtl({m: row[m] for m in usable}, {m: base[m] for m in usable}) if usable else float("nan")
 
 
+def metrics_better(row: Mapping[str, float], reference: Mapping[str, float], metrics: Sequence[str]) -> int:
+    """On how many of ``metrics`` (``<task>/<metric>`` names) ``row`` is *strictly* better than
+    ``reference``, in each metric's direction (:data:`mtlutils.metrics.HIGHER_IS_BETTER`): a tie is not
+    a win, so a row compared with itself scores 0."""
+    from .metrics import HIGHER_IS_BETTER
+
+    def better(name: str) -> bool:
+        a, b = row[name], reference[name]
+        return a > b if HIGHER_IS_BETTER[name.split("/")[-1]] else a < b
+
+    return sum(better(m) for m in metrics)
+
+
 def verdict(a_mean: float, a_std: float, b_mean: float, b_std: float, higher_is_better: bool = True) -> str:
     """The claim rule of the reproduction chapter for "A is better than B", from means and standard
     deviations over seeds: ``"held"`` if A's mean is better by more than ``a_std + b_std``, ``"reversed"``
@@ -149,6 +162,16 @@ def did_not_learn(result: Mapping[str, Any], tolerance: float = 0.01) -> bool:
     if not keys:
         return False
     return all(abs(history[-1][k] - history[1][k]) <= tolerance * abs(history[1][k]) for k in keys)
+
+
+def largest_weight_change(results: Sequence[Mapping[str, Any]], weighting: str = "dwa") -> float | None:
+    """The largest ``|λ_t − 1|`` of the task weights (``weight/<task>`` in the history) over every epoch,
+    task and *finished* run trained with ``weighting``; ``None`` when no such run recorded its weights.
+    For DWA (MTAN paper, eq. 7) a value near 0 means the run trained nearly as equal weighting does."""
+    gaps = [abs(value - 1.0) for r in results
+            if r["config"].get("weighting") == weighting and r.get("status") == "finished"
+            for row in r.get("history") or [] for key, value in row.items() if key.startswith("weight/")]
+    return max(gaps) if gaps else None
 
 
 def plateau(results: Sequence[Mapping[str, Any]], model: str, threshold: float = 2.0):

@@ -117,3 +117,8 @@ def test_output_bias_is_only_for_regression_kinds():
         with_output_bias(mu.TASKS["left"], 1.0)
     with pytest.raises(ValueError, match="finite"):
         with_output_bias(mu.TASKS["depth"], float("nan"))
+
+
+def test_every_architecture_has_a_label():
+    from mtlutils.models import ARCHS, LABELS
+    assert set(LABELS) == set(ARCHS)

@@ -62,3 +62,26 @@ def test_did_not_learn_flags_a_finished_run_whose_losses_stayed_flat():
     assert not did_not_learn(run([2.8, 2.29], [0.4, 0.4]))           # too short to tell
     assert did_not_learn(run([2.8, 2.29, 2.30], [0.4, 0.4, 0.4]), tolerance=0.01)
     assert not did_not_learn(run([2.8, 2.29, 2.20], [0.4, 0.4, 0.4]), tolerance=0.01)
+
+
+def test_metrics_better_counts_strict_wins_in_each_direction():
+    reference = {"seg/miou": 20.0, "depth/abs_err": 0.5, "normal/mean": 30.0}
+    metrics = list(reference)
+    assert tables.metrics_better(reference, reference, metrics) == 0      # a tie is not a win
+    row = {"seg/miou": 21.0, "depth/abs_err": 0.5, "normal/mean": 31.0}   # better, tie, worse
+    assert tables.metrics_better(row, reference, metrics) == 1
+    row = {"seg/miou": 19.0, "depth/abs_err": 0.4, "normal/mean": 29.0}   # worse, better, better
+    assert tables.metrics_better(row, reference, metrics) == 2
+
+
+def test_largest_weight_change_reads_finished_runs_of_one_weighting():
+    def run(weighting, status, weights):
+        return {"config": {"weighting": weighting}, "status": status,
+                "history": [{"epoch": e, **{f"weight/{t}": w for t, w in ws.items()}}
+                            for e, ws in enumerate(weights, 1)]}
+    runs = [run("dwa", "finished", [{"a": 1.0, "b": 1.0}, {"a": 1.2, "b": 0.8}]),
+            run("dwa", "diverged", [{"a": 3.0, "b": -1.0}]),          # not finished: ignored
+            run("uncertainty", "finished", [{"a": 0.1, "b": 1.9}])]    # another weighting
+    assert tables.largest_weight_change(runs, "dwa") == pytest.approx(0.2)
+    assert tables.largest_weight_change(runs, "uncertainty") == pytest.approx(0.9)
+    assert tables.largest_weight_change(runs, "equal") is None

@@ -25,7 +25,7 @@ from .segnet import DenseHead, SegNetTrunk
 from .sfg import SFGNetwork
 from .vgg import DEFAULT_STAGES, MLPHead, VGGTrunk
 
-__all__ = ["ARCHS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel", "Trunk"]
+__all__ = ["ARCHS", "LABELS", "BACKBONES", "create", "count_parameters", "width_for_budget", "MultiTaskModel", "Trunk"]
 
 
 def _vgg_parts(in_channels: int = 1, width: float = 1.0, stages=None, pool=(2, 2), hidden: int = 64,
@@ -62,6 +62,12 @@ ARCHS: dict[str, tuple[type[MultiTaskModel], dict[str, Any]]] = {
     "mtan": (MTAN, {}),                           # MTAN: shared net + per-task attention networks
     "stan": (STAN, {}),                           # STAN: one single-task MTAN per task
     "sfg": (SFGNetwork, {}),                      # Stochastic Filter Groups: learned kernel grouping
+}
+
+# How tables and plots name each architecture (the papers' names; "single" is one network per task).
+LABELS: dict[str, str] = {
+    "single": "single-task", "split": "Split", "split_wide": "Split-Wide", "split_deep": "Split-Deep",
+    "dense": "Dense", "cross_stitch": "Cross-Stitch", "mtan": "MTAN", "stan": "STAN", "sfg": "SFG",
 }
 
 
