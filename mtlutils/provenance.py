@@ -36,8 +36,8 @@ _NOT_ISA = {"smep", "smap"}   # x86 security features that share a prefix with A
 # The items of a fingerprint that must match for the exact rule, in the order reasons are reported.
 EXACT_KEYS = ("cpu", "isa", "cpu_capability", "torch", "torch_build", "numpy", "threads", "processes",
               "device", "code")
-DEFAULT_SPREAD_K = 2.0       # tolerance rule: |repeat - committed| <= k * std over the committed seeds
 RESULTS_DIR = "results"      # the runner's output folder, ignored when deciding whether a commit is dirty
+DEFAULT_SPREAD_K = 2.0       # tolerance rule: |repeat - committed| <= k * std over the committed seeds
 DEFAULT_REL_TOL = 0.10       # ... or, with a single committed seed, 10 % of the committed value
 
 
@@ -90,8 +90,8 @@ def _read_code_hash() -> str:
 
 def git_commit(repo: Path | None = None) -> str:
     """The commit this process's code came from: ``HEAD`` (with ``+dirty`` when tracked files outside
-    ``results/`` differed from it) at the first call (the runner calls it when it is imported), so that a commit made while a
-    long run trains is not credited with that run; ``"unknown"`` outside git."""
+    ``results/`` differed from it) at the first call (the runner calls it when it is imported), so that a
+    commit made while a long run trains is not credited with that run; ``"unknown"`` outside git."""
     repo = repo or PACKAGE.parent
     if repo not in _COMMITS:
         _COMMITS[repo] = _read_git_commit(repo)
