@@ -194,3 +194,23 @@ def plateau(results: Sequence[Mapping[str, Any]], model: str, threshold: float =
     if not rows:
         raise ValueError(f"no finished run of {model!r} with equal weighting in these results")
     return pd.DataFrame(rows).set_index(["data", "seed"])
+
+
+def floor_margins(results: Sequence[Mapping[str, Any]], floor: Mapping[str, float]):
+    """How far each run lies above the floor: for every finished run and every metric of ``floor`` (the
+    scores of a prediction that ignores the input, e.g. :func:`mtlutils.baselines.constant_predictor_scores`),
+    the relative change of the run's metric against the floor's, in % and signed so that positive is
+    better (Δ_MTL of one metric). One row per (seed, metric), then the worst seed per metric: a seed that
+    did not learn a metric hides in a mean over seeds, so each seed is judged on its own. Metrics whose
+    floor is 0 (no relative change defined) are left out. Returns ``(per_seed, worst)``; ``worst`` has one
+    row per metric with the seed that is lowest above the floor."""
+    import pandas as pd
+
+    columns = ["metric", "seed", "margin %"]
+    rows = [{"metric": metric, "seed": r["seed"], "margin %": delta_mtl({metric: r["metrics"][metric]},
+                                                                      {metric: value})}
+            for r in results if r.get("status", "finished") == "finished"
+            for metric, value in floor.items() if value and metric in r["metrics"]]
+    per_seed = pd.DataFrame(rows, columns=columns)
+    worst = per_seed.loc[per_seed.groupby("metric", sort=False)["margin %"].idxmin()].reset_index(drop=True)
+    return per_seed, worst

@@ -85,3 +85,22 @@ def test_largest_weight_change_reads_finished_runs_of_one_weighting():
     assert tables.largest_weight_change(runs, "dwa") == pytest.approx(0.2)
     assert tables.largest_weight_change(runs, "uncertainty") == pytest.approx(0.9)
     assert tables.largest_weight_change(runs, "equal") is None
+
+
+def test_floor_margins_judge_every_seed_and_sign_by_direction():
+    # floor: miou 2 (higher is better), abs_err 1.0 (lower is better), a zero-floor metric left out
+    floor = {"seg/miou": 2.0, "depth/abs_err": 1.0, "normal/within_11.25": 0.0}
+    runs = [{"seed": s, "status": "finished",
+             "metrics": {"seg/miou": m, "depth/abs_err": e, "normal/within_11.25": 5.0}}
+            for s, m, e in [(0, 10.0, 0.5), (1, 12.0, 0.6), (2, 2.1, 0.9)]]
+    runs.append({"seed": 3, "status": "diverged", "metrics": {}})
+    per_seed, worst = tables.floor_margins(runs, floor)
+    assert len(per_seed) == 3 * 2                        # finished runs x metrics with a non-zero floor
+    worst = worst.set_index("metric")
+    assert worst.loc["seg/miou", "seed"] == 2
+    assert worst.loc["seg/miou", "margin %"] == pytest.approx(100 * 0.1 / 2.0)
+    assert worst.loc["depth/abs_err", "seed"] == 2
+    assert worst.loc["depth/abs_err", "margin %"] == pytest.approx(100 * 0.1 / 1.0)  # lower error: positive
+    # the mean over seeds would hide seed 2: far above 10 % for both metrics
+    mean_miou = sum(r["metrics"]["seg/miou"] for r in runs[:3]) / 3
+    assert 100 * (mean_miou - 2.0) / 2.0 > 10 > worst.loc["seg/miou", "margin %"]
