@@ -1,6 +1,7 @@
 """What `make reproduce` costs on this machine: every distinct (data, model, weighting) cell of every grid
 trains one epoch (seed 0, one thread, a scratch folder), and its process CPU time per epoch is scaled by the
-cell's epochs and seeds. Prints core-hours per grid and the wall-clock time with JOBS lanes.
+cell's epochs and seeds. Prints core-hours per grid and the wall-clock time with JOBS lanes. A run that an
+earlier grid already trains with the same settings (the runner copies its result) costs nothing.
 
 Run: ``python benchmarks/estimate_reproduce.py [experiments/*.toml] [--jobs 2]``
 
@@ -44,7 +45,8 @@ def main() -> None:
     torch.set_num_threads(1)
     total = 0.0
     rows = []
-    for path in args.configs:
+    trained: set[str] = set()     # training keys of the runs of earlier grids (make reproduce's order)
+    for path in sorted(args.configs):
         cfg = E.load_config(path, args.profile)
         cut = one_epoch(cfg)
         seconds_per_epoch: dict[tuple[str, str, str], float] = {}
@@ -55,11 +57,19 @@ def main() -> None:
                                    "estimate", False)
                 seconds_per_epoch[(run.data, run.model, run.weighting)] = (
                     result.get("cpu_time_s") or time.process_time() - start)
-        hours = sum(int(E.run_config(cfg, run)["train"]["epochs"])
-                    * seconds_per_epoch[(run.data, run.model, run.weighting)] for run in E.grid(cfg)) / 3600
+        hours, copied = 0.0, 0
+        for run in E.grid(cfg):
+            key = E.training_key(E.run_config(cfg, run))
+            if key in trained:
+                copied += 1
+                continue
+            trained.add(key)
+            hours += (int(E.run_config(cfg, run)["train"]["epochs"])
+                      * seconds_per_epoch[(run.data, run.model, run.weighting)] / 3600)
         total += hours
         rows.append((cfg["name"], len(E.grid(cfg)), hours))
-        print(f"{cfg['name']:<24} {len(E.grid(cfg)):>4} runs  {hours:6.2f} core-hours", flush=True)
+        print(f"{cfg['name']:<24} {len(E.grid(cfg)):>4} runs  {hours:6.2f} core-hours"
+              + (f" ({copied} copied from earlier grids)" if copied else ""), flush=True)
     print(f"{'all grids':<24} {sum(r[1] for r in rows):>4} runs  {total:6.2f} core-hours; "
           f"with {args.jobs} lanes at least {total / args.jobs:.1f} h of wall-clock time")
 

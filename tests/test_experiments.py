@@ -214,3 +214,59 @@ def test_data_sections_can_set_model_options(tmp_path):
     cfg = E.load_config(path, "full")
     assert E.run_config(cfg, E.Run("digits", "split", "equal", 0))["options"] == {"hidden": 8}
     assert "model_options" not in E.run_config(cfg, E.Run("digits", "split", "equal", 0))["data"]
+
+
+def test_a_run_another_grid_trained_with_the_same_settings_is_copied_not_trained(config, tmp_path, capsys,
+                                                                                 monkeypatch):
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    first = E.load_config(config, "full")
+    E.run_grid(first, results, ckpt, progress=False)
+    # a second grid: the same data and training under other names, plus one run with other settings
+    twin_toml = tmp_path / "twin.toml"
+    twin_toml.write_text(config.read_text().replace('name = "unit"', 'name = "twin"')
+                         .replace("[data.digits]", "[data.same_digits]")
+                         .replace('data = ["digits"]', 'data = ["same_digits"]')
+                         .replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    second = E.load_config(twin_toml, "full")
+    trained = []
+    real_execute = E.runner.execute
+    monkeypatch.setattr(E.runner, "execute", lambda cfg, run, *a, **k: (trained.append(run.id),
+                                                                         real_execute(cfg, run, *a, **k))[1])
+    capsys.readouterr()
+    files = E.run_grid(second, results, ckpt, progress=False)
+    out = capsys.readouterr().out
+    assert sorted(trained) == ["same_digits__single__equal__seed2", "same_digits__split__equal__seed2"]
+    assert out.count("result copied") == 4
+    copy = json.loads((results / "twin" / "runs" / "same_digits__split__equal__seed0.json").read_text())
+    source = json.loads((results / "unit" / "runs" / "digits__split__equal__seed0.json").read_text())
+    assert copy["copied_from"] == "unit/digits__split__equal__seed0"
+    assert copy["metrics"] == source["metrics"] and copy["history"] == source["history"]
+    assert copy["git_commit"] == source["git_commit"] and copy["command"] == source["command"]
+    # the copy is a result of its own run: its names, settings and hash
+    run = next(r for r in E.grid(second) if r.id == "same_digits__split__equal__seed0")
+    assert E.is_done(results / "twin" / "runs" / f"{run.id}.json", E.run_config(second, run))
+    assert copy["experiment"] == "twin" and copy["config"]["data_name"] == "same_digits"
+    assert len(files) == 6
+    # a copy of a copy still names the run that trained
+    third = E.load_config(twin_toml, "full")
+    third["name"] = "third"
+    E.run_grid(third, results, ckpt, progress=False)
+    again = json.loads((results / "third" / "runs" / "same_digits__split__equal__seed0.json").read_text())
+    assert again["copied_from"] == "unit/digits__split__equal__seed0"
+
+
+def test_reuse_can_be_turned_off_and_never_crosses_other_settings(config, tmp_path):
+    results, ckpt = tmp_path / "results", tmp_path / "ckpt"
+    E.run_grid(E.load_config(config, "full"), results, ckpt, progress=False)
+    other = E.load_config(config, "full")
+    other["name"] = "other"
+    run = E.grid(other)[0]
+    resolved = E.run_config(other, run)
+    assert E.find_twin(results, "other", resolved) is not None
+    assert E.find_twin(results, "unit", resolved) is None            # never its own grid
+    changed = {**resolved, "train": {**resolved["train"], "lr": 0.5}}
+    assert E.find_twin(results, "other", changed) is None           # other settings: no twin
+    with pytest.raises(ValueError, match="other settings"):
+        E.adopt_twin(E.find_twin(results, "other", resolved), other, E.grid(other)[1])
+    files = E.run_grid(other, results, ckpt, progress=False, reuse=False)
+    assert not any("copied_from" in json.loads(f.read_text()) for f in files)

@@ -31,7 +31,8 @@ Each finished run writes ``results/<name>/runs/<run id>.json``: the command, the
 hash, the git commit, seed, device, number of processes, library versions, the machine's fingerprint
 (:func:`mtlutils.provenance.fingerprint`: what bit-equality of a repeat depends on), wall time, the final metrics
 under the stated protocol and the per-epoch history. A run whose file exists with the same config hash is
-skipped; an interrupted run resumes from its checkpoint (``checkpoints/<name>/<run id>.<hash>.pt``,
+skipped; a run that another grid trained with the same settings gets a copy of that result (``copied_from``
+names it; ``--no-reuse`` trains it anyway); an interrupted run resumes from its checkpoint (``checkpoints/<name>/<run id>.<hash>.pt``,
 git-ignored, named by the hash of the run's settings and deleted once the result is written). Only the main
 process writes files.
 
@@ -45,8 +46,9 @@ from __future__ import annotations
 from ..data.builders import DATA_KINDS, build_data, input_channels
 from ..tables import cell_runs, deltas_per_run, did_not_learn, metric_columns, runs_frame, summarise, verdict
 from .config import (DEFAULT_TRAIN, ConfigError, Run, config_hash, grid, load_config, run_config,
-                     validate)
-from .runner import (REPO, RESULT_FORMAT, aggregate, checkpoint_path, execute, is_done, keeps_model, load_model,
+                     training_key, validate)
+from .runner import (REPO, RESULT_FORMAT, adopt_twin, aggregate, checkpoint_path, execute, find_twin, is_done,
+                     keeps_model, load_model,
                      load_results, make_loaders, model_path, protocol_metrics, read_result, run_grid,
                      training_cpu_seconds, training_seconds,
                      write_result)
@@ -56,7 +58,7 @@ from .. import distributed
 
 __all__ = ["pending_markdown", "DATA_KINDS", "build_data", "input_channels", "cell_runs", "deltas_per_run", "did_not_learn", "metric_columns",
            "runs_frame", "summarise", "verdict", "DEFAULT_TRAIN", "ConfigError", "Run", "config_hash", "grid",
-           "load_config", "run_config", "validate", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
+           "load_config", "run_config", "training_key", "validate", "adopt_twin", "find_twin", "REPO", "RESULT_FORMAT", "aggregate", "checkpoint_path",
            "execute", "is_done", "keeps_model", "load_model", "model_path", "load_results", "make_loaders", "protocol_metrics", "read_result", "run_grid",
            "training_cpu_seconds", "training_seconds",
            "write_result", "COMPLETE_ENV", "GridState", "IncompleteResultsError", "complete_required",

@@ -33,12 +33,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if name == "run":
             p.add_argument("--only", default=None, help="glob over run ids, e.g. '*__mtan__*'")
             p.add_argument("--no-progress", action="store_true")
+            p.add_argument("--no-reuse", action="store_true",
+                           help="train every run, even one that another grid trained with the same settings")
     args = parser.parse_args(argv)
     try:
         for path in args.configs:
             cfg = load_config(path, args.profile)
             if args.command == "run":
-                run_grid(cfg, args.results, args.checkpoints, args.only, not args.no_progress)
+                run_grid(cfg, args.results, args.checkpoints, args.only, not args.no_progress,
+                         reuse=not args.no_reuse)
                 if distributed.is_main():
                     aggregate(cfg, args.results)
             elif args.command == "aggregate":

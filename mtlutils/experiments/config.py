@@ -286,3 +286,14 @@ def config_hash(resolved: Mapping[str, Any]) -> str:
     """SHA-256 (16 hex digits) of a run's resolved settings: a result or checkpoint counts for a run only
     if its hash matches."""
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# the names a run carries in its grid; everything else decides what it trains
+NAMING_KEYS = ("experiment", "run", "data_name")
+
+
+def training_key(resolved: Mapping[str, Any]) -> str:
+    """:func:`config_hash` of a run's settings without its names (grid, run id, data section): two runs of
+    different grids with the same key train the same network on the same data in the same way, so one
+    result serves both (the runner copies it instead of training twice)."""
+    return config_hash({k: v for k, v in resolved.items() if k not in NAMING_KEYS})

@@ -4,7 +4,9 @@ A run's checkpoint is named by its settings' hash (``checkpoints/<grid>/<run id>
 whose settings changed starts afresh instead of resuming someone else's training, and it is deleted once
 the result file is written. A result file counts for a run only while its ``config_hash`` matches the
 run's current settings. Each run is trained under an exclusive lock (``<run id>.lock`` beside the
-checkpoints), so two runners started on one grid share the work instead of racing.
+checkpoints), so two runners started on one grid share the work instead of racing. A run that another
+grid has already trained with the same settings (same :func:`~mtlutils.experiments.config.training_key`:
+only the names differ) is not trained again: its result is copied, with ``copied_from`` naming the source.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from .. import weighting as W
 from ..config import seed_everything
 from ..data.builders import build_data, input_channels
 from ..fileio import Busy, atomic_write, atomic_write_text, exclusive
-from .config import Run, config_hash, grid, run_config
+from .config import Run, config_hash, grid, run_config, training_key
 
 REPO = paths.PACKAGE.parent   # the checkout whose git commit a result names
 RESULT_FORMAT = 2   # 2: with the machine fingerprint (mtlutils.provenance)
@@ -195,6 +197,37 @@ def read_result(path: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | Non
     return result if result.get("config_hash") == config_hash(resolved) else None
 
 
+def find_twin(results_root: Path, name: str, resolved: Mapping[str, Any]) -> dict[str, Any] | None:
+    """A result of another grid under ``results_root`` that trained what ``resolved`` asks for (same
+    :func:`training_key`; finished or diverged, with no kept model file), or None."""
+    key = training_key(resolved)
+    for path in sorted(results_root.glob("*/runs/*.json")):
+        if path.parent.parent.name == name:
+            continue
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        config = result.get("config")
+        if (isinstance(config, dict) and result.get("status") in ("finished", "diverged")
+                and "model_file" not in result and result.get("config_hash") == config_hash(config)
+                and training_key(config) == key):
+            return result
+    return None
+
+
+def adopt_twin(twin: Mapping[str, Any], cfg: Mapping[str, Any], run: Run) -> dict[str, Any]:
+    """``twin``'s result as the result of ``run`` of ``cfg``: the run's own names, settings and hash,
+    ``copied_from`` naming the source (``<grid>/<run id>``); everything that training made (metrics,
+    history, times, commit, command, machine) stays the source's."""
+    resolved = run_config(cfg, run)
+    if training_key(twin["config"]) != training_key(resolved):
+        raise ValueError(f"{twin['experiment']}/{twin['run']} trained other settings than {run.id!r} asks for")
+    return {**twin, "run": run.id, "experiment": cfg["name"], "config": resolved,
+            "config_hash": config_hash(resolved),
+            "copied_from": twin.get("copied_from") or f"{twin['experiment']}/{twin['run']}"}
+
+
 def is_done(path: Path, resolved: Mapping[str, Any]) -> bool:
     """True if ``path`` holds a result made with the settings ``resolved``."""
     return read_result(path, resolved) is not None
@@ -212,10 +245,13 @@ def _duration(seconds: float) -> str:
 
 
 def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoint_root: Path | None = None,
-             only: str | None = None, progress: bool = True, command: str | None = None) -> list[Path]:
+             only: str | None = None, progress: bool = True, command: str | None = None,
+             reuse: bool = True) -> list[Path]:
     """Run every unfinished run of the grid (those matching the glob ``only``); returns the result files
     that exist afterwards. Prints one line per run and an estimate of the time left (this invocation's
-    seconds per trained epoch times the epochs left)."""
+    seconds per trained epoch times the epochs left). With ``reuse``, a run that another grid under the
+    same results root has trained with the same settings (:func:`find_twin`) gets a copy of that result
+    instead of training again (not for runs whose model the grid keeps)."""
     import fnmatch
 
     results = (results_root or paths.results_root()) / cfg["name"]
@@ -248,6 +284,15 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
             continue
         with held:
             if _agree(is_done(path, run_config(cfg, run))):   # finished by another runner meanwhile
+                written.append(path)
+                continue
+            twin = (find_twin(results.parent, cfg["name"], run_config(cfg, run))
+                    if reuse and not keeps_model(cfg, run) else None)
+            if _agree(twin is not None):      # every process reads the same files
+                if distributed.is_main():
+                    write_result(path, adopt_twin(twin, cfg, run))
+                say(f"{tag}: trained already as {twin['experiment']}/{twin['run']} (the same settings): "
+                    "result copied", flush=True)
                 written.append(path)
                 continue
             say(f"{tag}: training", flush=True)
