@@ -59,12 +59,13 @@ def main() -> None:
                     result.get("cpu_time_s") or time.process_time() - start)
         hours, copied = 0.0, 0
         for run in E.grid(cfg):
-            key = E.training_key(E.run_config(cfg, run))
+            resolved = E.run_config(cfg, run)
+            key = E.training_key(resolved)
             if key in trained:
                 copied += 1
                 continue
             trained.add(key)
-            hours += (int(E.run_config(cfg, run)["train"]["epochs"])
+            hours += (int(resolved["train"]["epochs"])
                       * seconds_per_epoch[(run.data, run.model, run.weighting)] / 3600)
         total += hours
         rows.append((cfg["name"], len(E.grid(cfg)), hours))

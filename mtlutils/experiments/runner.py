@@ -197,22 +197,42 @@ def read_result(path: Path, resolved: Mapping[str, Any]) -> dict[str, Any] | Non
     return result if result.get("config_hash") == config_hash(resolved) else None
 
 
+# path -> (mtime_ns, training key or None): a result file is parsed once per change, not once per run
+_TWIN_KEYS: dict[Path, tuple[int, str | None]] = {}
+
+
+def _twin_key(path: Path) -> str | None:
+    """The :func:`training_key` of the result at ``path`` if it can stand in for another grid's run
+    (consistent, finished or diverged, no kept model file), else None; cached by modification time."""
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError:
+        return None
+    cached = _TWIN_KEYS.get(path)
+    if cached and cached[0] == mtime:
+        return cached[1]
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        result = {}
+    config = result.get("config")
+    key = (training_key(config) if isinstance(config, dict)
+           and result.get("status") in ("finished", "diverged") and "model_file" not in result
+           and result.get("config_hash") == config_hash(config) else None)
+    _TWIN_KEYS[path] = (mtime, key)
+    return key
+
+
 def find_twin(results_root: Path, name: str, resolved: Mapping[str, Any]) -> dict[str, Any] | None:
     """A result of another grid under ``results_root`` that trained what ``resolved`` asks for (same
     :func:`training_key`; finished or diverged, with no kept model file), or None."""
     key = training_key(resolved)
     for path in sorted(results_root.glob("*/runs/*.json")):
-        if path.parent.parent.name == name:
-            continue
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            continue
-        config = result.get("config")
-        if (isinstance(config, dict) and result.get("status") in ("finished", "diverged")
-                and "model_file" not in result and result.get("config_hash") == config_hash(config)
-                and training_key(config) == key):
-            return result
+        if path.parent.parent.name != name and _twin_key(path) == key:
+            try:
+                return json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError):
+                continue
     return None
 
 
@@ -283,10 +303,11 @@ def run_grid(cfg: Mapping[str, Any], results_root: Path | None = None, checkpoin
             say(f"{tag}: being trained by another runner, skipped", flush=True)
             continue
         with held:
-            if _agree(is_done(path, run_config(cfg, run))):   # finished by another runner meanwhile
+            resolved = run_config(cfg, run)
+            if _agree(is_done(path, resolved)):   # finished by another runner meanwhile
                 written.append(path)
                 continue
-            twin = (find_twin(results.parent, cfg["name"], run_config(cfg, run))
+            twin = (find_twin(results.parent, cfg["name"], resolved)
                     if reuse and not keeps_model(cfg, run) else None)
             if _agree(twin is not None):      # every process reads the same files
                 if distributed.is_main():
